@@ -1,0 +1,217 @@
+"""The backend interface shared by ``local``, ``aws`` and ``gcp``, and the one place that classifies.
+
+A backend is a small cloud adapter: launch an attempt (idempotent by token), describe many
+attempts in one call, terminate, recover the dead attempt's disk (backup-save), list what it owns.
+It never decides what an attempt's outcome means: :func:`classify` does, from facts.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from airflow_spot_provider.checkpoints.store import CheckpointStore
+
+
+class AttemptStatus(str, Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # exit marker with code 0
+    FAILED = "failed"  # non-zero exit and no interruption notice: the user's code failed
+    PREEMPTED = "preempted"  # the cloud took the VM (state reason, or a notice marker)
+    LOST = "lost"  # gone for any other reason: infrastructure failure
+
+    @property
+    def terminal(self) -> bool:
+        return self is not AttemptStatus.RUNNING
+
+
+class InstanceState(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    TERMINATED = "terminated"  # stopped or terminated: it runs nothing any more
+    MISSING = "missing"  # the cloud has no record of it (or its host is gone)
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """Who an attempt belongs to. ``nonce`` is minted once per ledger, so a re-created DAG run never
+    collides with the tokens of an older run that had the same ids."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+    nonce: str = ""
+
+    def token(self, attempt: int) -> str:
+        """Idempotency token of one attempt (EC2 ``ClientToken``, GCE ``requestId`` source)."""
+        raw = "\x1f".join([self.dag_id, self.run_id, self.task_id, str(self.map_index), self.nonce, str(attempt)])
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    def label(self) -> str:
+        suffix = f"[{self.map_index}]" if self.map_index >= 0 else ""
+        return f"{self.dag_id}/{self.run_id}/{self.task_id}{suffix}"
+
+    def tags(self, attempt: int) -> dict[str, str]:
+        """Tags/labels that mark every cloud resource of an attempt (for reconnect and sweep)."""
+        return {
+            "spot-provider": "airflow-spot-provider",
+            "spot-dag-id": self.dag_id,
+            "spot-run-id": self.run_id,
+            "spot-task-id": self.task_id,
+            "spot-map-index": str(self.map_index),
+            "spot-attempt": str(attempt),
+            "spot-token": self.token(attempt),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    identity: JobIdentity
+    attempt: int
+    command: list[str]
+    resume_args: list[str]
+    env: dict[str, str]
+    checkpoint_uri: str
+    checkpoint_pattern: str
+    sync_interval: float
+    instance_type: str | None = None
+    zone: str | None = None
+    market: str = "spot"
+
+    @property
+    def token(self) -> str:
+        return self.identity.token(self.attempt)
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What the cloud says about one attempt's VM. Only facts: no interpretation."""
+
+    instance_id: str
+    state: InstanceState
+    reason: str = ""  # cloud's own words (e.g. Server.SpotInstanceTermination)
+    preempted: bool = False  # the cloud says it reclaimed the VM
+    zone: str | None = None
+    instance_type: str | None = None
+    market: str = "spot"
+    launched_at: float | None = None
+    ended_at: float | None = None
+    price_per_hour: float | None = None
+    on_demand_price_per_hour: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InstanceFacts:
+        return cls(**{**data, "state": InstanceState(data["state"])})
+
+
+@dataclass
+class BackupSaveResult:
+    skipped: bool = False
+    reason: str = ""
+    uploaded: list[str] = field(default_factory=list)
+    bytes: int = 0
+    latest: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Classification:
+    status: AttemptStatus
+    reason: str
+    exit_code: int | None = None
+
+
+def classify(facts: InstanceFacts, markers: dict[str, dict[str, Any]]) -> Classification:
+    """Decide an attempt's status from cloud facts and the agent's markers, never from silence.
+
+    Order matters: a clean exit wins over a later reclaim; a notice or a cloud preemption reason
+    means preempted; a non-zero exit without either is the user's failure; a VM that is gone with
+    none of these is lost.
+    """
+    exit_marker = markers.get("exit")
+    code = exit_marker.get("code") if exit_marker else None
+    noticed = "notice" in markers
+    if exit_marker and exit_marker.get("error"):
+        return Classification(AttemptStatus.FAILED, f"agent error: {exit_marker['error']}", code)
+    if exit_marker and code == 0:
+        return Classification(AttemptStatus.SUCCEEDED, "exit code 0", 0)
+    gone = facts.state in (InstanceState.TERMINATED, InstanceState.MISSING)
+    if facts.preempted and (gone or exit_marker):
+        return Classification(AttemptStatus.PREEMPTED, facts.reason or "preempted", code)
+    if noticed and (gone or exit_marker):
+        reason = f"interruption notice ({facts.reason})" if facts.reason else "interruption notice"
+        return Classification(AttemptStatus.PREEMPTED, reason, code)
+    if exit_marker:
+        return Classification(AttemptStatus.FAILED, f"exit code {code}", code)
+    if gone:
+        return Classification(AttemptStatus.LOST, facts.reason or f"instance {facts.state.value}", None)
+    return Classification(AttemptStatus.RUNNING, "", None)
+
+
+class SpotBackend(abc.ABC):
+    """One cloud. Instances are built from a JSON-able options dict so a trigger can rebuild them."""
+
+    name: str = ""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    # -- worker side ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def launch(self, request: LaunchRequest) -> InstanceFacts:
+        """Start the attempt. Calling it again with the same token returns the same instance."""
+
+    @abc.abstractmethod
+    def find(self, request: LaunchRequest) -> InstanceFacts | None:
+        """The attempt's instance if one was launched with this token (reconnect after a crash)."""
+
+    @abc.abstractmethod
+    def terminate(self, instance_id: str) -> None:
+        """Stop the VM for good (idempotent). Its checkpoint disk survives for backup-save."""
+
+    @abc.abstractmethod
+    def backup_save(self, instance_id: str, store: CheckpointStore, attempt: int,
+                    checkpoint_pattern: str) -> BackupSaveResult:
+        """Copy new and changed files from the dead attempt's disk to the store."""
+
+    @abc.abstractmethod
+    def release(self, instance_id: str) -> None:
+        """Delete what is left of the attempt (its disk/volume). Call after backup-save."""
+
+    @abc.abstractmethod
+    def list_instances(self) -> list[dict[str, Any]]:
+        """Every attempt this backend knows of, live or not, with its tags (for status and sweep)."""
+
+    def validate_machine(self, machine: Any) -> None:
+        """Reject machine settings this backend cannot satisfy (called at DAG parse time)."""
+        return None
+
+    def console_output(self, instance_id: str, tail: int = 20) -> list[str]:
+        """The last lines the attempt printed, if the cloud keeps them."""
+        return []
+
+    # -- triggerer side ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def describe(self, instance_ids: list[str]) -> dict[str, InstanceFacts]:
+        """Facts for many instances in one call per batch (the poller shares it between triggers)."""
+
+    def poll_key(self) -> tuple[str, ...]:
+        """Triggers with equal keys share one describe loop (same backend, account, region)."""
+        return (self.name,)
+
+    def serialize(self) -> dict[str, Any]:
+        return {"name": self.name, "options": self.options}

@@ -1,0 +1,265 @@
+"""The local backend: a real, small cloud on one machine (the embedded default).
+
+Each attempt is a detached process tree with its own working directory (its "disk"), supervised by
+a host process (:mod:`local_market`) that records state the way a cloud does and simulates the spot
+market. Everything is visible to any process on the machine (worker, triggerer, CLI) through the
+state directory::
+
+    <state_dir>/instances/<instance-id>/
+        instance.json  agent.json   # what was launched (no secrets: the job env is filtered)
+        state.json                   # written by the host: state, reason, pids, times
+        disk/checkpoints/            # the job's checkpoint directory; survives the "VM"
+        metadata/spot-notice.json    # the interruption notice (the agent's notice source)
+        control/{preempt,terminate}  # requests to the host
+        console.log                  # agent + job output
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from airflow_spot_provider.agent.config import AgentConfig
+from airflow_spot_provider.backends.base import (
+    BackupSaveResult,
+    InstanceFacts,
+    InstanceState,
+    LaunchRequest,
+    SpotBackend,
+)
+from airflow_spot_provider.backends.local_market import read_json, write_json
+from airflow_spot_provider.checkpoints.store import CheckpointStore
+from airflow_spot_provider.checkpoints.sync import DirectorySync
+from airflow_spot_provider.spec import check_keys, number
+
+#: $/hour, shaped like real spot/on-demand pairs (spot ≈ 30–40 % of on-demand).
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    "local.small": {"spot": 0.0125, "on_demand": 0.0416},
+    "local.standard": {"spot": 0.12, "on_demand": 0.384},
+    "local.gpu": {"spot": 0.39, "on_demand": 1.006},
+}
+DEFAULT_TYPE = "local.standard"
+OPTIONS = ("state_dir", "preempt_after", "preemption_rate_per_hour", "seed", "notice_seconds", "prices")
+#: Variables a local job gets from the worker by default. Nothing else (no AIRFLOW_CONN_*, AWS_*,
+#: GOOGLE_*): a job sees a secret only when the DAG author lists it in ``pass_env``.
+BASE_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+HOST_START_TIMEOUT = 15.0
+
+
+def default_state_dir() -> str:
+    if explicit := os.environ.get("AIRFLOW_SPOT_LOCAL_DIR"):
+        return explicit
+    airflow_home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    return os.path.join(airflow_home, "spot-local")
+
+
+def validate_options(options: dict[str, Any]) -> dict[str, Any]:
+    check_keys("backend_options", options, OPTIONS)
+    after = options.get("preempt_after")
+    if after is not None:
+        if not isinstance(after, (list, tuple)):
+            raise ValueError("backend_options.preempt_after: must be a list of seconds (one per attempt)")
+        for i, value in enumerate(after):
+            field = f"backend_options.preempt_after[{i}]"
+            if isinstance(value, dict):
+                check_keys(field, value, ("after", "notice_seconds"))
+                number(f"{field}.after", value.get("after"))
+                number(f"{field}.notice_seconds", value.get("notice_seconds", 0))
+            else:
+                number(field, value, allow_none=True)
+    number("backend_options.preemption_rate_per_hour", options.get("preemption_rate_per_hour", 0))
+    number("backend_options.seed", options.get("seed", 0), integer=True)
+    number("backend_options.notice_seconds", options.get("notice_seconds", 5.0))
+    for name, pair in (options.get("prices") or {}).items():
+        if not isinstance(pair, dict) or set(pair) != {"spot", "on_demand"}:
+            raise ValueError(f"backend_options.prices[{name!r}]: must be {{'spot': $/h, 'on_demand': $/h}}")
+        for key, value in pair.items():
+            number(f"backend_options.prices[{name!r}].{key}", value)
+    return options
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+class LocalBackend(SpotBackend):
+    name = "local"
+
+    def __init__(self, **options: Any) -> None:
+        validate_options(options)
+        super().__init__(**options)
+        self.state_dir = Path(options.get("state_dir") or default_state_dir())
+        self.instances = self.state_dir / "instances"
+        self.prices = {**DEFAULT_PRICES, **(options.get("prices") or {})}
+
+    def validate_machine(self, machine: Any) -> None:
+        for i, name in enumerate(machine.instance_types):
+            if name not in self.prices:
+                raise ValueError(f"machine.instance_types[{i}]: unknown local type {name!r}; "
+                                 f"known: {', '.join(sorted(self.prices))} (add one with backend_options.prices)")
+
+    def poll_key(self) -> tuple[str, ...]:
+        return (self.name, str(self.state_dir))
+
+    # -- helpers -------------------------------------------------------------------------------
+    def instance_id(self, token: str) -> str:
+        return f"i-local-{token[:16]}"
+
+    def _dir(self, instance_id: str) -> Path:
+        if "/" in instance_id or instance_id in ("", ".", ".."):
+            raise ValueError(f"not a local instance id: {instance_id!r}")
+        return self.instances / instance_id
+
+    def job_env(self, request_env: dict[str, str]) -> dict[str, str]:
+        env = {name: os.environ[name] for name in BASE_ENV if name in os.environ}
+        # The local "image" is this Python environment: its bin directory comes first on PATH.
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")])
+        env.update(request_env)
+        return env
+
+    # -- worker side ---------------------------------------------------------------------------
+    def launch(self, request: LaunchRequest) -> InstanceFacts:
+        instance_id = self.instance_id(request.token)
+        path = self._dir(instance_id)
+        self.instances.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()  # the idempotency record: one directory per token
+        except FileExistsError:
+            return self._wait_started(instance_id)
+        instance_type = request.instance_type or DEFAULT_TYPE
+        price = self.prices.get(instance_type, self.prices[DEFAULT_TYPE])
+        env = self.job_env(request.env)
+        agent = AgentConfig(
+            attempt=request.attempt, instance_id=instance_id, command=list(request.command),
+            resume_args=list(request.resume_args), env=env, checkpoint_uri=request.checkpoint_uri,
+            work_dir=str(path / "disk"), checkpoint_pattern=request.checkpoint_pattern,
+            sync_interval=request.sync_interval,
+            notice={"source": "file", "path": str(path / "metadata" / "spot-notice.json")},
+        )
+        (path / "agent.json").write_text(agent.to_json())
+        write_json(path / "instance.json", {
+            "instance_id": instance_id, "token": request.token, "attempt": request.attempt,
+            "tags": request.identity.tags(request.attempt), "identity": request.identity.to_dict(),
+            "instance_type": instance_type, "zone": request.zone or "local-1a", "market": request.market,
+            "price_per_hour": price["spot" if request.market == "spot" else "on_demand"],
+            "on_demand_price_per_hour": price["on_demand"], "launched_at": time.time(), "env": env,
+            "market_simulation": {k: self.options[k] for k in OPTIONS[1:5] if k in self.options},
+        })
+        write_json(path / "state.json", {"state": "pending"})
+        # --detach: the host forks and this child exits at once, so no zombie is left behind.
+        subprocess.run(
+            [sys.executable, "-m", "airflow_spot_provider.backends.local_market", "--detach", str(path)],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, check=True,
+        )
+        return self._wait_started(instance_id)
+
+    def _wait_started(self, instance_id: str) -> InstanceFacts:
+        deadline = time.monotonic() + HOST_START_TIMEOUT
+        while True:
+            facts = self._facts(instance_id)
+            if facts.state is not InstanceState.PENDING or time.monotonic() > deadline:
+                return facts
+            time.sleep(0.05)
+
+    def find(self, request: LaunchRequest) -> InstanceFacts | None:
+        instance_id = self.instance_id(request.token)
+        return self._facts(instance_id) if self._dir(instance_id).exists() else None
+
+    def _facts(self, instance_id: str) -> InstanceFacts:
+        path = self._dir(instance_id)
+        spec = read_json(path / "instance.json")
+        state = read_json(path / "state.json") or {}
+        if spec is None:
+            return InstanceFacts(instance_id, InstanceState.MISSING, reason="Local.NoSuchInstance")
+        raw = state.get("state", "pending")
+        reason = state.get("reason", "")
+        if raw in ("pending", "running") and state.get("host_pid") and not _alive(state["host_pid"]):
+            raw, reason = "missing", "Local.HostLost"
+        elif raw == "pending" and time.time() - spec["launched_at"] > HOST_START_TIMEOUT:
+            raw, reason = "missing", "Local.HostNeverStarted"
+        return InstanceFacts(
+            instance_id=instance_id, state=InstanceState(raw), reason=reason,
+            preempted=bool(state.get("preempted")), zone=spec["zone"], instance_type=spec["instance_type"],
+            market=spec["market"], launched_at=spec["launched_at"],
+            ended_at=state.get("ended_at"), price_per_hour=spec["price_per_hour"],
+            on_demand_price_per_hour=spec["on_demand_price_per_hour"],
+        )
+
+    def terminate(self, instance_id: str) -> None:
+        path = self._dir(instance_id)
+        state = read_json(path / "state.json")
+        if state is None or state.get("state") == "terminated":
+            return
+        (path / "control").mkdir(exist_ok=True)
+        (path / "control" / "terminate").touch()
+        deadline = time.monotonic() + 10
+        while _alive(state.get("host_pid")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state = read_json(path / "state.json") or {}
+        if state.get("state") != "terminated":  # the host is gone: kill the "VM" ourselves
+            if state.get("agent_pgid"):
+                try:
+                    os.killpg(state["agent_pgid"], 9)
+                except ProcessLookupError:
+                    pass
+            state.update(state="terminated", reason=state.get("reason") or "Local.HostLost", ended_at=time.time())
+            write_json(path / "state.json", state)
+
+    def preempt(self, instance_id: str, notice: bool = True, grace: float | None = None) -> None:
+        """Ask the simulated market to reclaim this attempt now (the ``airflow-spot preempt`` chaos hook)."""
+        path = self._dir(instance_id)
+        if not (path / "state.json").exists():
+            raise ValueError(f"no local instance {instance_id}")
+        request: dict[str, Any] = {"notice": notice}
+        if grace is not None:
+            request["grace"] = grace
+        (path / "control").mkdir(exist_ok=True)
+        write_json(path / "control" / "preempt", request)
+
+    def backup_save(self, instance_id: str, store: CheckpointStore, attempt: int,
+                    checkpoint_pattern: str) -> BackupSaveResult:
+        disk = self._dir(instance_id) / "disk" / "checkpoints"
+        if not disk.is_dir():
+            return BackupSaveResult(skipped=True, reason="the attempt's disk is already released")
+        result = DirectorySync(disk, store, attempt, checkpoint_pattern).sync("backup-save")
+        return BackupSaveResult(uploaded=result.uploaded, bytes=result.bytes, latest=result.latest)
+
+    def release(self, instance_id: str) -> None:
+        shutil.rmtree(self._dir(instance_id) / "disk", ignore_errors=True)
+
+    def list_instances(self) -> list[dict[str, Any]]:
+        found = []
+        for path in sorted(self.instances.glob("i-local-*")) if self.instances.is_dir() else []:
+            spec = read_json(path / "instance.json")
+            if spec is None:
+                continue
+            facts = self._facts(path.name)
+            found.append({
+                **facts.to_dict(), "attempt": spec["attempt"], "tags": spec["tags"],
+                "disk": (path / "disk").is_dir(),
+            })
+        return found
+
+    def console_output(self, instance_id: str, tail: int = 20) -> list[str]:
+        try:
+            lines = (self._dir(instance_id) / "console.log").read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        return lines[-tail:]
+
+    # -- triggerer side ------------------------------------------------------------------------
+    async def describe(self, instance_ids: list[str]) -> dict[str, InstanceFacts]:
+        return await asyncio.to_thread(lambda: {i: self._facts(i) for i in instance_ids})

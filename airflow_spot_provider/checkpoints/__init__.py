@@ -1,0 +1,1 @@
+"""Checkpoint store: files + manifest + per-attempt markers under one prefix (no Airflow import)."""

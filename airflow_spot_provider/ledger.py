@@ -1,0 +1,191 @@
+"""The job ledger: every attempt, why it ended and what it cost, kept in Airflow's ``task_state_store``.
+
+Keys (visible in the task instance's Storage tab and the REST API)::
+
+    spot.job            # nonce, attempt count, per-outcome counts
+    spot.attempt.0001   # one record per attempt
+
+Every value is written with ``retention=NEVER_EXPIRE`` (the default expires after 30 days). The ledger
+survives worker crashes and retries: it is how a new try reconnects instead of launching again.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import timedelta
+from typing import Any, Protocol
+
+JOB_KEY = "spot.job"
+ATTEMPT_KEY = "spot.attempt.{:04d}"
+ACTIVE = ("launching", "running")
+
+
+class StateStore(Protocol):
+    def get(self, key: str, default: Any = None) -> Any: ...
+    def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None: ...
+
+
+def _never_expire() -> timedelta | None:
+    try:
+        from airflow.sdk import NEVER_EXPIRE
+
+        return NEVER_EXPIRE
+    except ImportError:  # pragma: no cover - only outside Airflow (unit tests of plain dict stores)
+        return None
+
+
+@dataclass
+class AttemptRecord:
+    attempt: int
+    try_number: int
+    backend: str
+    token: str
+    status: str = "launching"  # launching | running | succeeded | failed | preempted | lost
+    reason: str = ""
+    exit_code: int | None = None
+    instance_id: str | None = None
+    zone: str | None = None
+    instance_type: str | None = None
+    market: str = "spot"
+    launched_at: float | None = None
+    started_at: float | None = None
+    notice_at: float | None = None
+    ended_at: float | None = None
+    restored_from: str | None = None
+    last_checkpoint: str | None = None
+    #: When the newest checkpoint file this attempt wrote was last modified (what a preemption loses after).
+    last_checkpoint_at: float | None = None
+    price_per_hour: float | None = None
+    on_demand_price_per_hour: float | None = None
+    progress: dict[str, Any] | None = None
+    backup_save: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttemptRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def seconds(self) -> float:
+        if self.launched_at is None:
+            return 0.0
+        return max(0.0, (self.ended_at or time.time()) - self.launched_at)
+
+    @property
+    def cost(self) -> float:
+        return (self.price_per_hour or 0.0) * self.seconds / 3600
+
+    @property
+    def lost_seconds(self) -> float:
+        """Work this attempt did that no checkpoint kept (all of it when it saved nothing)."""
+        if self.status not in ("preempted", "lost", "failed") or self.launched_at is None:
+            return 0.0
+        kept_until = self.last_checkpoint_at or self.launched_at
+        return max(0.0, min(self.seconds, (self.ended_at or time.time()) - max(kept_until, self.launched_at)))
+
+
+@dataclass
+class JobRecord:
+    nonce: str = field(default_factory=lambda: secrets.token_hex(8))
+    attempts: int = 0
+
+
+class Ledger:
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        raw = store.get(JOB_KEY)
+        self.job = JobRecord(**raw) if raw else JobRecord()
+        self._attempts: dict[int, AttemptRecord] = {}
+        if not raw:
+            self._save_job()
+
+    def _save_job(self) -> None:
+        self.store.set(JOB_KEY, asdict(self.job), retention=_never_expire())
+
+    def attempt(self, number: int) -> AttemptRecord | None:
+        if number not in self._attempts:
+            raw = self.store.get(ATTEMPT_KEY.format(number))
+            if raw is None:
+                return None
+            self._attempts[number] = AttemptRecord.from_dict(raw)
+        return self._attempts[number]
+
+    def attempts(self) -> list[AttemptRecord]:
+        return [a for n in range(1, self.job.attempts + 1) if (a := self.attempt(n)) is not None]
+
+    @property
+    def current(self) -> AttemptRecord | None:
+        return self.attempt(self.job.attempts) if self.job.attempts else None
+
+    def new_attempt(self, try_number: int, backend: str, token_for: Any) -> AttemptRecord:
+        """Record the next attempt *before* it is launched (crash safety: decision 2)."""
+        number = self.job.attempts + 1
+        record = AttemptRecord(attempt=number, try_number=try_number, backend=backend, token=token_for(number))
+        self.save(record)
+        self.job.attempts = number
+        self._save_job()
+        return record
+
+    def save(self, record: AttemptRecord) -> None:
+        self._attempts[record.attempt] = record
+        self.store.set(ATTEMPT_KEY.format(record.attempt), asdict(record), retention=_never_expire())
+
+    def preemptions_in_try(self, try_number: int) -> int:
+        return sum(1 for a in self.attempts() if a.try_number == try_number and a.status in ("preempted", "lost"))
+
+    def totals(self) -> dict[str, Any]:
+        attempts = self.attempts()
+        cost = sum(a.cost for a in attempts)
+        seconds = sum(a.seconds for a in attempts)
+        lost = sum(a.lost_seconds for a in attempts)
+        # What the work that survived would have cost on-demand: honest savings count preemption waste.
+        on_demand = sum((a.on_demand_price_per_hour or 0.0) * max(0.0, a.seconds - a.lost_seconds) / 3600
+                        for a in attempts)
+        return {
+            "attempts": len(attempts),
+            "preemptions": sum(1 for a in attempts if a.status == "preempted"),
+            "lost": sum(1 for a in attempts if a.status == "lost"),
+            "user_failures": sum(1 for a in attempts if a.status == "failed"),
+            "instance_seconds": round(seconds, 3),
+            "lost_work_seconds": round(lost, 3),
+            "cost": round(cost, 6),
+            "on_demand_equivalent_cost": round(on_demand, 6),
+            "savings_pct": round(100 * (1 - cost / on_demand), 1) if on_demand > 0 else None,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {"totals": self.totals(), "attempts": [asdict(a) for a in self.attempts()]}
+
+
+def format_attempt(a: AttemptRecord) -> str:
+    """One log line per attempt transition."""
+    where = f"{a.instance_id or '-'} ({a.instance_type or '?'}, {a.zone or '?'}, {a.market})"
+    parts = [f"attempt {a.attempt} [try {a.try_number}] {a.status.upper()}", where]
+    if a.reason:
+        parts.append(f"reason: {a.reason}")
+    if a.restored_from:
+        parts.append(f"resumed from {a.restored_from}")
+    if a.last_checkpoint:
+        parts.append(f"last checkpoint {a.last_checkpoint}")
+    if a.progress:
+        shown = {k: v for k, v in a.progress.items() if k in ("step", "epoch") and v is not None}
+        parts.append("progress " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    if a.ended_at:
+        parts.append(f"{a.seconds:.1f}s, ${a.cost:.6f} at ${a.price_per_hour or 0:.4f}/h")
+    return " | ".join(parts)
+
+
+def format_totals(totals: dict[str, Any]) -> str:
+    savings = f"{totals['savings_pct']}%" if totals["savings_pct"] is not None else "n/a"
+    return (
+        f"{totals['attempts']} attempt(s): {totals['preemptions']} preempted, {totals['lost']} lost, "
+        f"{totals['user_failures']} failed | cost ${totals['cost']:.6f} vs on-demand "
+        f"${totals['on_demand_equivalent_cost']:.6f} for the work kept | savings {savings} | "
+        f"lost work {totals['lost_work_seconds']:.1f}s"
+    )

@@ -1,0 +1,88 @@
+"""One describe loop per (backend, account, region, interval) in a triggerer process.
+
+Every watching trigger registers its instance id; the loop asks the backend about all of them in
+one call per interval and wakes every watcher. API cost stays flat as jobs grow (decision 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+from airflow_spot_provider.backends.base import InstanceFacts, SpotBackend
+
+log = logging.getLogger(__name__)
+
+
+class SharedPoller:
+    _registry: ClassVar[dict[tuple, SharedPoller]] = {}
+
+    def __init__(self, key: tuple, backend: SpotBackend, interval: float) -> None:
+        self.key = key
+        self.backend = backend
+        self.interval = interval
+        self.watchers: dict[str, int] = {}
+        self.latest: dict[str, InstanceFacts] = {}
+        self.generation = 0
+        self.describe_calls = 0
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    def for_backend(cls, backend: SpotBackend, interval: float) -> SharedPoller:
+        # Keyed by event loop too: each loop (a triggerer, or one dag.test() trigger run) has its own.
+        key = (id(asyncio.get_running_loop()), backend.poll_key(), interval)
+        poller = cls._registry.get(key)
+        if poller is None:
+            poller = cls._registry[key] = cls(key, backend, interval)
+        return poller
+
+    async def _loop(self) -> None:
+        try:
+            while self.watchers:
+                ids = sorted(self.watchers)
+                try:
+                    facts = await self.backend.describe(ids)
+                    self.describe_calls += 1
+                    self.latest.update(facts)
+                except Exception as err:  # noqa: BLE001 - a failed poll is retried; watchers keep waiting
+                    log.warning("describe of %d instance(s) failed: %s", len(ids), err)
+                async with self._changed:
+                    self.generation += 1
+                    self._changed.notify_all()
+                await asyncio.sleep(self.interval)
+        finally:
+            self._registry.pop(self.key, None)
+            self._task = None
+
+    @contextlib.asynccontextmanager
+    async def watch(self, instance_id: str) -> AsyncIterator[AsyncIterator[InstanceFacts]]:
+        """Yields an iterator of fresh facts for ``instance_id``, one per poll that returned it."""
+        self.watchers[instance_id] = self.watchers.get(instance_id, 0) + 1
+        if self._task is None:
+            self._registry[self.key] = self
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+        async def updates() -> AsyncIterator[InstanceFacts]:
+            seen = self.generation
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(lambda seen=seen: self.generation > seen)
+                    seen = self.generation
+                if instance_id in self.latest:
+                    yield self.latest[instance_id]
+
+        try:
+            yield updates()
+        finally:
+            count = self.watchers.get(instance_id, 1) - 1
+            if count:
+                self.watchers[instance_id] = count
+            else:
+                self.watchers.pop(instance_id, None)
+                self.latest.pop(instance_id, None)
+            if not self.watchers and self._task is not None:
+                self._task.cancel()
