@@ -1,0 +1,122 @@
+"""``airflow-spot``: chaos (``preempt``), visibility (``status``) and cleanup (``sweep``).
+
+Works on the local backend's state directory without importing Airflow, so it answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from airflow_spot_provider.backends.local import LocalBackend, default_state_dir
+
+
+def _live(item: dict[str, Any]) -> bool:
+    return item["state"] in ("pending", "running")
+
+
+def _job(item: dict[str, Any]) -> str:
+    tags = item["tags"]
+    return f"{tags['spot-dag-id']}/{tags['spot-run-id']}/{tags['spot-task-id']}"
+
+
+def _select(backend: LocalBackend, target: str | None, everything: bool) -> list[dict[str, Any]]:
+    live = [item for item in backend.list_instances() if _live(item)]
+    if everything:
+        return live
+    return [item for item in live if target in (item["instance_id"], _job(item))]
+
+
+def cmd_preempt(backend: LocalBackend, args: argparse.Namespace) -> int:
+    if not args.all and not args.target:
+        print("preempt: name an instance id, a job as DAG_ID/RUN_ID/TASK_ID, or --all", file=sys.stderr)
+        return 2
+    chosen = _select(backend, args.target, args.all)
+    if not chosen:
+        print(f"preempt: no running attempt matches {args.target or '--all'}", file=sys.stderr)
+        return 1
+    for item in chosen:
+        backend.preempt(item["instance_id"], notice=not args.no_notice, grace=args.grace)
+        how = "without notice" if args.no_notice else "with an interruption notice"
+        print(f"preempting {item['instance_id']} (attempt {item['attempt']} of {_job(item)}) {how}")
+    return 0
+
+
+def _progress(backend: LocalBackend, instance_id: str) -> str:
+    try:
+        data = json.loads((backend.instances / instance_id / "disk" / ".spot-progress.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return ""
+    return ", ".join(f"{k} {data[k]}" for k in ("epoch", "step") if data.get(k) is not None)
+
+
+def cmd_status(backend: LocalBackend, args: argparse.Namespace) -> int:
+    items = backend.list_instances()
+    if not args.all:
+        items = [item for item in items if _live(item)]
+    if args.json:
+        print(json.dumps(items, indent=1, sort_keys=True))
+        return 0
+    if not items:
+        print(f"no {'' if args.all else 'running '}attempts in {backend.state_dir}")
+        return 0
+    now = time.time()
+    for item in items:
+        age = (item["ended_at"] or now) - (item["launched_at"] or now)
+        print(f"{item['instance_id']}  {item['state']:<10} attempt {item['attempt']:<3} {_job(item)}  "
+              f"{item['instance_type']} {item['market']} {age:6.1f}s  {item['reason'] or ''}  "
+              f"{_progress(backend, item['instance_id'])}".rstrip())
+    return 0
+
+
+def cmd_sweep(backend: LocalBackend, args: argparse.Namespace) -> int:
+    """Leftovers: disks of finished attempts, and (with --include-running) attempts still running."""
+    found = [item for item in backend.list_instances()
+             if item["disk"] or (args.include_running and _live(item))]
+    if not found:
+        print("nothing to sweep")
+        return 0
+    for item in found:
+        what = "running attempt" if _live(item) else "disk of a finished attempt"
+        verb = "deleting" if args.delete else "would delete"
+        print(f"{verb} {what} {item['instance_id']} ({_job(item)}, attempt {item['attempt']})")
+        if args.delete:
+            backend.terminate(item["instance_id"])
+            backend.release(item["instance_id"])
+    if not args.delete:
+        print("dry run: add --delete to remove these")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="airflow-spot", description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", default=None,
+                        help=f"local backend state directory (default: {default_state_dir()})")
+    sub = parser.add_subparsers(dest="command", required=True)
+    preempt = sub.add_parser("preempt", help="reclaim running attempts now, like the spot market does")
+    preempt.add_argument("target", nargs="?", help="instance id, or DAG_ID/RUN_ID/TASK_ID")
+    preempt.add_argument("--all", action="store_true", help="every running attempt")
+    preempt.add_argument("--no-notice", action="store_true", help="kill without an interruption notice")
+    preempt.add_argument("--grace", type=float, default=None, help="seconds between the notice and the kill")
+    status = sub.add_parser("status", help="running attempts (--all: every attempt on record)")
+    status.add_argument("--all", action="store_true")
+    status.add_argument("--json", action="store_true")
+    sweep = sub.add_parser("sweep", help="find (and with --delete remove) leftover attempts and disks")
+    sweep.add_argument("--delete", action="store_true")
+    sweep.add_argument("--include-running", action="store_true",
+                       help="also terminate attempts that are still running (their tasks are gone)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    backend = LocalBackend(**({"state_dir": args.state_dir} if args.state_dir else {}))
+    handler = {"preempt": cmd_preempt, "status": cmd_status, "sweep": cmd_sweep}[args.command]
+    return handler(backend, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

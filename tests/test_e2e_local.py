@@ -1,0 +1,68 @@
+"""End to end through dag.test() on the local backend: real agent, real processes, real training."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_spot_provider.checkpoints.latest import checkpoint_step, compile_pattern
+from airflow_spot_provider.checkpoints.store import CheckpointStore
+
+from .e2e import CKPT_PATTERN, assert_bit_identical, baseline_model, run_job, train_command
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+def step_of(name: str) -> int:
+    return checkpoint_step(name, compile_pattern(CKPT_PATTERN))
+
+
+def test_three_preemptions_one_try_bit_identical_model(tmp_path, dataset, state_dir):
+    command = train_command(dataset, epochs=8, epoch_seconds=0.6)
+    result = run_job(
+        "e2e_three_preemptions", tmp_path, command, max_preemptions=3,
+        # 1st: notice with time to save; 2nd: no time to act (backup-save recovers the disk); 3rd: notice.
+        backend_options={"state_dir": str(state_dir), "notice_seconds": 1.0,
+                         "preempt_after": [1.2, {"after": 1.2, "notice_seconds": 0}, 1.2]},
+    )
+    assert result["state"] == "success"
+    assert result["try_number"] == 1  # preemptions did not consume retries
+    attempts = result["summary"]["attempts"]
+    assert [a["status"] for a in attempts] == ["preempted", "preempted", "preempted", "succeeded"]
+    assert all(a["reason"] for a in attempts)
+    assert all(a["try_number"] == 1 for a in attempts)
+    # Every resumed attempt started from the checkpoint the previous one left, never from scratch.
+    for before, after in zip(attempts, attempts[1:], strict=False):
+        assert after["restored_from"] == before["last_checkpoint"] is not None
+    assert attempts[1]["backup_save"]["skipped"] is False  # the no-notice kill was saved from the disk
+    totals = result["summary"]["totals"]
+    assert totals["preemptions"] == 3 and totals["cost"] > 0 and totals["savings_pct"] is not None
+    assert_bit_identical(tmp_path / "store" / "model.npz", baseline_model(tmp_path, command))
+
+
+def test_user_failure_consumes_one_retry_and_the_retry_resumes(tmp_path, dataset, state_dir):
+    marker = tmp_path / "failed-once"
+    command = train_command(dataset, epochs=5, extra=["--fail-at-epoch", "4", "--fail-once-marker", str(marker)])
+    result = run_job("e2e_user_failure", tmp_path, command, retries=1,
+                     backend_options={"state_dir": str(state_dir)})
+    assert result["state"] == "success" and result["try_number"] == 2
+    first, second = result["summary"]["attempts"]
+    assert (first["status"], first["try_number"], first["exit_code"]) == ("failed", 1, 1)
+    assert second["status"] == "succeeded" and second["try_number"] == 2
+    assert step_of(second["restored_from"]) == 300  # epochs 1-3 done before the failure: not from scratch
+    assert result["summary"]["totals"]["user_failures"] == 1
+
+
+def test_notice_handler_checkpoint_is_what_the_next_attempt_resumes_from(tmp_path, dataset, state_dir):
+    command = train_command(dataset, epochs=4, epoch_seconds=1.0)
+    result = run_job(
+        "e2e_notice_grace", tmp_path, command, sync_interval=60.0,  # only the notice path can save the work
+        backend_options={"state_dir": str(state_dir), "preempt_after": [1.5], "notice_seconds": 3.0},
+    )
+    first, second = result["summary"]["attempts"]
+    assert first["status"] == "preempted" and first["notice_at"] is not None
+    store = CheckpointStore.from_uri(f"file://{tmp_path}/store/")
+    entry = store.read_manifest().files[second["restored_from"]]
+    # The checkpoint was written after the notice, mid-epoch: only the step in flight was lost.
+    assert entry["mtime"] >= first["notice_at"]
+    assert step_of(second["restored_from"]) % 100 != 0
+    assert result["state"] == "success"
