@@ -1,0 +1,127 @@
+"""The local backend as a small cloud: idempotent launch, the spot market, env filtering, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from airflow_spot_provider.backends.base import InstanceState, JobIdentity, LaunchRequest, classify
+from airflow_spot_provider.checkpoints.store import CheckpointStore
+from airflow_spot_provider.cli import main as cli
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def request(tmp: Path, command: list[str], attempt: int = 1, env: dict | None = None) -> LaunchRequest:
+    return LaunchRequest(
+        identity=JobIdentity("dag", "run", "task", -1, "nonce"), attempt=attempt, command=command, resume_args=[],
+        env=env or {}, checkpoint_uri=f"file://{tmp}/store/", checkpoint_pattern=r"(?P<step>\d+)", sync_interval=0.5,
+    )
+
+
+def wait_for(predicate, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def processes_with(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(marker in arg for arg in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def test_launch_is_idempotent_by_token(tmp_path, local_backend):
+    req = request(tmp_path, SLEEPER)
+    first = local_backend.launch(req)
+    again = local_backend.launch(req)
+    assert first.instance_id == again.instance_id and first.state is InstanceState.RUNNING
+    assert local_backend.find(req).instance_id == first.instance_id
+    instance_dir = str(local_backend.instances / first.instance_id)
+    assert len(processes_with(instance_dir)) == 2  # one host + one agent: a single "VM"
+    local_backend.terminate(first.instance_id)
+    assert not processes_with(instance_dir)
+    facts = asyncio.run(local_backend.describe([first.instance_id]))[first.instance_id]
+    assert facts.state is InstanceState.TERMINATED and facts.reason == "Local.UserInitiatedShutdown"
+
+
+def test_preempt_with_notice_then_kill_and_without_notice(tmp_path, local_backend, capsys):
+    store = CheckpointStore.from_uri(f"file://{tmp_path}/store/")
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, signal, time, pathlib\n"
+        "signal.signal(signal.SIGTERM, lambda *a: pathlib.Path('got-sigterm').write_text('1'))\n"
+        "time.sleep(60)\n"
+    )
+    noticed = local_backend.launch(request(tmp_path, [sys.executable, str(script)], attempt=1))
+    assert cli(["--state-dir", str(local_backend.state_dir), "preempt", noticed.instance_id, "--grace", "1"]) == 0
+    assert "with an interruption notice" in capsys.readouterr().out
+    disk = local_backend.instances / noticed.instance_id / "disk"
+    wait_for(lambda: (disk / "got-sigterm").exists() and (disk / "spot-notice.json").exists())
+    facts = wait_for(lambda: (f := local_backend._facts(noticed.instance_id)).state is InstanceState.TERMINATED and f)
+    assert facts.preempted and facts.reason == "Local.SpotInterruption"
+    assert classify(facts, store.read_markers(1)).status.value == "preempted"
+    assert "notice" in store.read_markers(1)
+
+    silent = local_backend.launch(request(tmp_path, SLEEPER, attempt=2))
+    job = "dag/run/task"
+    assert cli(["--state-dir", str(local_backend.state_dir), "preempt", job, "--no-notice"]) == 0
+    facts = wait_for(lambda: (f := local_backend._facts(silent.instance_id)).state is InstanceState.TERMINATED and f)
+    assert facts.preempted and "notice" not in store.read_markers(2)
+    assert not processes_with(str(local_backend.instances / silent.instance_id))
+
+
+def test_scheduled_market_preempts_by_itself(tmp_path, state_dir):
+    from airflow_spot_provider.backends.local import LocalBackend
+
+    backend = LocalBackend(state_dir=str(state_dir), preempt_after=[0.5], notice_seconds=0.5)
+    facts = backend.launch(request(tmp_path, SLEEPER))
+    ended = wait_for(lambda: (f := backend._facts(facts.instance_id)).state is InstanceState.TERMINATED and f)
+    assert ended.preempted and 0.9 <= ended.ended_at - ended.launched_at < 10
+
+
+def test_host_death_is_seen_as_lost_and_terminate_still_kills_the_vm(tmp_path, local_backend):
+    facts = local_backend.launch(request(tmp_path, SLEEPER))
+    state = json.loads((local_backend.instances / facts.instance_id / "state.json").read_text())
+    os.kill(state["host_pid"], 9)
+    lost = wait_for(lambda: (f := local_backend._facts(facts.instance_id)).state is InstanceState.MISSING and f)
+    assert lost.reason == "Local.HostLost" and classify(lost, {}).status.value == "lost"
+    local_backend.terminate(facts.instance_id)
+    wait_for(lambda: not processes_with(str(local_backend.instances / facts.instance_id)))
+
+
+def test_job_environment_has_no_worker_secrets_unless_listed(tmp_path, local_backend, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "leak-me-not")
+    monkeypatch.setenv("AIRFLOW_CONN_DB", "postgres://user:secret@host/db")
+    dump = tmp_path / "env.json"
+    command = [sys.executable, "-c", f"import json, os; open({str(dump)!r}, 'w').write(json.dumps(dict(os.environ)))"]
+    local_backend.launch(request(tmp_path, command, env={"WANTED": "yes"}))
+    env = json.loads(wait_for(lambda: dump.exists() and dump.read_text()))
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "AIRFLOW_CONN_DB" not in env
+    assert env["WANTED"] == "yes" and env["SPOT_ATTEMPT"] == "1"
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+
+
+def test_status_and_sweep(tmp_path, local_backend, capsys):
+    facts = local_backend.launch(request(tmp_path, SLEEPER))
+    state = ["--state-dir", str(local_backend.state_dir)]
+    assert cli([*state, "status"]) == 0
+    assert facts.instance_id in capsys.readouterr().out
+    local_backend.terminate(facts.instance_id)
+    assert cli([*state, "sweep"]) == 0
+    assert "would delete disk of a finished attempt" in capsys.readouterr().out
+    assert cli([*state, "sweep", "--delete"]) == 0
+    cli([*state, "sweep"])
+    assert "nothing to sweep" in capsys.readouterr().out
