@@ -90,3 +90,38 @@ with DAG(
 
     data >> train
     evaluate(train.output, data)
+
+
+# The reentrant style: the script never looks for checkpoints itself; the operator appends
+# `--from-checkpoint <path>` only when it restored one (Spell's `--from-checkpoint` convention).
+with DAG(
+    dag_id="spot_reentrant_training",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    tags=["spot", "training", "example"],
+):
+
+    @task
+    def make_data() -> str:
+        import sys
+
+        sys.path.insert(0, str(TRAINING))
+        import mlp
+
+        path = DEMO_ROOT / "data" / "reentrant.npz"
+        mlp.make_dataset(path, seed=0)
+        return str(path)
+
+    reentrant_data = make_data()
+    reentrant = SpotTrainingOperator(
+        task_id="train",
+        command=["python", str(TRAINING / "train_reentrant.py"), "--data",
+                 "{{ ti.xcom_pull(task_ids='make_data') }}", "--min-epoch-seconds", EPOCH_SECONDS],
+        resume_args=["--from-checkpoint", "{resume_from}"],
+        checkpoint_uri=f"file://{DEMO_ROOT}/checkpoints/reentrant/{{{{ run_id | replace(':', '_') }}}}/",
+        checkpoint_pattern=r"^ckpt-(?P<step>\d{8,})\.npz$",
+        sync_interval=1.0,
+        poll_interval=0.5,
+        backend_options={"preempt_after": [2.0], "notice_seconds": 1.0},
+    )
+    reentrant_data >> reentrant

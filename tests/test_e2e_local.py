@@ -66,3 +66,28 @@ def test_notice_handler_checkpoint_is_what_the_next_attempt_resumes_from(tmp_pat
     assert entry["mtime"] >= first["notice_at"]
     assert step_of(second["restored_from"]) % 100 != 0
     assert result["state"] == "success"
+
+
+def test_reentrant_script_gets_resume_args_only_when_a_checkpoint_was_restored(tmp_path, dataset, state_dir):
+    from .conftest import TRAINING
+
+    command = [*train_command(dataset, epochs=4, epoch_seconds=0.6)]
+    command[1] = str(TRAINING / "train_reentrant.py")
+    result = run_job(
+        "e2e_reentrant", tmp_path, command, resume_args=["--from-checkpoint", "{resume_from}"],
+        backend_options={"state_dir": str(state_dir), "preempt_after": [1.2], "notice_seconds": 1.0},
+    )
+    assert result["state"] == "success"
+    first, second = result["summary"]["attempts"]
+    assert first["restored_from"] is None and second["restored_from"] == first["last_checkpoint"]
+    assert_bit_identical(tmp_path / "store" / "model.npz", baseline_model(tmp_path, command))
+
+
+def test_example_dags_parse_without_errors():
+    from airflow.dag_processing.dagbag import DagBag
+
+    from .conftest import REPO
+
+    bag = DagBag(dag_folder=str(REPO / "dags_examples"))
+    assert not bag.import_errors
+    assert {"spot_weekly_retraining", "spot_reentrant_training"} <= set(bag.dag_ids)

@@ -125,3 +125,15 @@ def test_status_and_sweep(tmp_path, local_backend, capsys):
     assert cli([*state, "sweep", "--delete"]) == 0
     cli([*state, "sweep"])
     assert "nothing to sweep" in capsys.readouterr().out
+
+
+def test_random_market_is_reproducible_with_a_seed():
+    from airflow_spot_provider.backends.local_market import scheduled_preemption
+
+    market = {"preemption_rate_per_hour": 3600.0, "seed": 42, "notice_seconds": 2}
+    draws = [scheduled_preemption(market, attempt) for attempt in (1, 2, 3)]
+    assert draws == [scheduled_preemption(market, attempt) for attempt in (1, 2, 3)]
+    assert len({d[0] for d in draws}) == 3 and all(d[1] == 2 for d in draws)
+    assert scheduled_preemption({**market, "seed": 43}, 1) != draws[0]
+    assert scheduled_preemption({"preempt_after": [None, 5]}, 1) is None
+    assert scheduled_preemption({"preempt_after": [None, {"after": 5, "notice_seconds": 0}]}, 2) == (5.0, 0.0)
