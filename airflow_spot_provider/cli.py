@@ -75,7 +75,7 @@ def cmd_status(backend: LocalBackend, args: argparse.Namespace) -> int:
 def cmd_sweep(backend: LocalBackend, args: argparse.Namespace) -> int:
     """Leftovers: disks of finished attempts, and (with --include-running) attempts still running."""
     found = [item for item in backend.list_instances()
-             if item["disk"] or (args.include_running and _live(item))]
+             if (_live(item) and args.include_running) or (item["disk"] and not _live(item))]
     if not found:
         print("nothing to sweep")
         return 0
@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="find (and with --delete remove) leftover attempts and disks")
     sweep.add_argument("--delete", action="store_true")
     sweep.add_argument("--include-running", action="store_true",
-                       help="also terminate attempts that are still running (their tasks are gone)")
+                       help="also terminate attempts that are still running (only when their tasks are "
+                            "known to be gone: nothing here asks Airflow)")
     return parser
 
 

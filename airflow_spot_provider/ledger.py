@@ -2,7 +2,7 @@
 
 Keys (visible in the task instance's Storage tab and the REST API)::
 
-    spot.job            # nonce, attempt count, per-outcome counts
+    spot.job            # nonce (part of every idempotency token) and the attempt count
     spot.attempt.0001   # one record per attempt
 
 Every value is written with ``retention=NEVER_EXPIRE`` (the default expires after 30 days). The ledger
@@ -55,7 +55,7 @@ class AttemptRecord:
     ended_at: float | None = None
     restored_from: str | None = None
     last_checkpoint: str | None = None
-    #: When the newest checkpoint file this attempt wrote was last modified (what a preemption loses after).
+    #: When the newest file this attempt published was last modified (work after it is lost on preemption).
     last_checkpoint_at: float | None = None
     price_per_hour: float | None = None
     on_demand_price_per_hour: float | None = None

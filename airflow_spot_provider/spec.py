@@ -183,6 +183,8 @@ class JobSpec:
         for name in self.pass_env:
             if not _ENV_NAME.match(name):
                 raise _fail("pass_env", f"{name!r} is not a valid environment variable name")
+            if name.startswith(RESERVED_ENV_PREFIX):
+                raise _fail("pass_env", f"{name!r}: names starting with {RESERVED_ENV_PREFIX} are set by the agent")
         if not isinstance(self.checkpoint_pattern, str):
             raise _fail("checkpoint_pattern", "must be a string")
         try:

@@ -4,8 +4,8 @@ The training step survives preemptions: the local backend's simulated spot marke
 first attempts (``SPOT_DEMO_PREEMPT_AFTER`` seconds after each start, default ``6,6``: two
 preemptions; the second comes with no time to act, as happens in the field), the operator
 backup-saves what the dead attempt wrote, relaunches from the latest checkpoint, and the task
-finishes in its first try. Switch ``backend`` to ``"aws"`` or ``"gcp"``
-(and ``checkpoint_uri`` to ``s3://`` / ``gs://``) to run the same job on a cloud.
+finishes in its first try. The cloud backends (``"aws"``, ``"gcp"``) are not available yet; when
+they are, switching ``backend`` and ``checkpoint_uri`` (``s3://`` / ``gs://``) is meant to be all it takes.
 """
 
 from __future__ import annotations

@@ -84,3 +84,31 @@ def test_markers_round_trip(tmp_path):
     assert store.read_markers(4) == {}
     with pytest.raises(ValueError):
         store.write_marker(3, "bogus")
+
+
+def test_restore_refuses_a_silent_fresh_start_when_no_checkpoint_is_intact(tmp_path):
+    src, store = tmp_path / "src", store_at(tmp_path / "store")
+    src.mkdir()
+    (src / "ckpt-1").write_text("one")
+    DirectorySync(src, store, 1, r"ckpt-(?P<step>\d+)").sync()
+    (tmp_path / "store" / "ckpt-1").write_text("bitrot")
+    with pytest.raises(RuntimeError, match="none of the 1 checkpoint"):
+        restore(store, tmp_path / "dst", r"ckpt-(?P<step>\d+)")
+
+
+def test_a_failed_manifest_write_is_published_on_the_next_round(tmp_path, monkeypatch):
+    local, store = tmp_path / "local", store_at(tmp_path / "store")
+    local.mkdir()
+    (local / "ckpt-1").write_text("one")
+    sync = DirectorySync(local, store, 1, r"ckpt-(?P<step>\d+)")
+    real_write = store.write_manifest
+
+    def broken(manifest):
+        raise OSError("store unavailable")
+
+    monkeypatch.setattr(store, "write_manifest", broken)
+    with pytest.raises(OSError):
+        sync.sync()
+    monkeypatch.setattr(store, "write_manifest", real_write)
+    assert sync.sync().uploaded == ["ckpt-1"]
+    assert set(store.read_manifest().files) == {"ckpt-1"}

@@ -119,6 +119,9 @@ def test_status_and_sweep(tmp_path, local_backend, capsys):
     state = ["--state-dir", str(local_backend.state_dir)]
     assert cli([*state, "status"]) == 0
     assert facts.instance_id in capsys.readouterr().out
+    cli([*state, "sweep", "--delete"])  # a running attempt is not a leftover unless asked for
+    assert "nothing to sweep" in capsys.readouterr().out
+    assert local_backend._facts(facts.instance_id).state is InstanceState.RUNNING
     local_backend.terminate(facts.instance_id)
     assert cli([*state, "sweep"]) == 0
     assert "would delete disk of a finished attempt" in capsys.readouterr().out

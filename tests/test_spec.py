@@ -33,6 +33,8 @@ def build(**overrides):
         ({"env": {"1BAD": "x"}}, "env"),
         ({"env": {"GOOD": 1}}, "env['GOOD']"),
         ({"pass_env": ["NOT VALID"]}, "pass_env"),
+        ({"pass_env": ["SPOT_ATTEMPT"]}, "pass_env"),
+        ({"backend_options": {"prices": ["x"]}}, "backend_options.prices"),
         ({"checkpoint_pattern": "ckpt-\\d+"}, "checkpoint_pattern"),
         ({"checkpoint_pattern": "(unclosed"}, "checkpoint_pattern"),
         ({"machine": {"gpus": 1}}, "machine"),

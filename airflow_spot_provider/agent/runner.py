@@ -104,7 +104,8 @@ class AttemptRunner:
             result = self._sync("final-sync")
             if result is not None:
                 return result
-            time.sleep(min(2**attempt, 8))
+            if attempt + 1 < FINAL_SYNC_TRIES:  # the grace period is short: no sleep after the last try
+                time.sleep(min(2**attempt, 8))
         return None
 
     # -- main ----------------------------------------------------------------------------------

@@ -76,7 +76,10 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
     number("backend_options.preemption_rate_per_hour", options.get("preemption_rate_per_hour", 0))
     number("backend_options.seed", options.get("seed", 0), integer=True)
     number("backend_options.notice_seconds", options.get("notice_seconds", 5.0))
-    for name, pair in (options.get("prices") or {}).items():
+    prices = options.get("prices") or {}
+    if not isinstance(prices, dict):
+        raise ValueError("backend_options.prices: must be a dict {type: {'spot': $/h, 'on_demand': $/h}}")
+    for name, pair in prices.items():
         if not isinstance(pair, dict) or set(pair) != {"spot", "on_demand"}:
             raise ValueError(f"backend_options.prices[{name!r}]: must be {{'spot': $/h, 'on_demand': $/h}}")
         for key, value in pair.items():

@@ -104,6 +104,7 @@ class Host:
             if agent.poll() is not None:
                 # The agent finished and the VM powers itself off; after a notice, the market had it anyway.
                 noticed = deadline is not None
+                self._kill(agent.pid)  # powering off ends whatever the job left running
                 self._save(state="terminated", reason=REASON_PREEMPTED if noticed else REASON_SHUTDOWN,
                            preempted=noticed, ended_at=now, agent_exit_code=agent.returncode)
                 return

@@ -105,7 +105,11 @@ class DirectorySync:
             result.uploaded.append(relpath)
             result.bytes += st.st_size
         if result.uploaded:
-            self.store.write_manifest(manifest)
+            try:
+                self.store.write_manifest(manifest)
+            except Exception:
+                self._manifest = None  # re-read next round, so these files are published again
+                raise
         result.latest = latest_name({top_level(p) for p in manifest.files}, self.pattern)
         return result
 
@@ -162,4 +166,8 @@ def restore(store: CheckpointStore, local_dir: str | Path, pattern: str) -> Rest
             result.resume_from = name
             break
         log.warning("checkpoint %s is incomplete or corrupt; trying the previous one", name)
+    if checkpoints and result.resume_from is None:
+        # Starting from scratch would silently throw the job's progress away: stop and say so.
+        raise RuntimeError(f"none of the {len(checkpoints)} checkpoint(s) in the store is intact: "
+                           f"{', '.join(checkpoints[:5])}")
     return result

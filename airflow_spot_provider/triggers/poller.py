@@ -55,8 +55,8 @@ class SharedPoller:
                     self._changed.notify_all()
                 await asyncio.sleep(self.interval)
         finally:
-            self._registry.pop(self.key, None)
-            self._task = None
+            if self._registry.get(self.key) is self:
+                self._registry.pop(self.key, None)
 
     @contextlib.asynccontextmanager
     async def watch(self, instance_id: str) -> AsyncIterator[AsyncIterator[InstanceFacts]]:
@@ -86,3 +86,5 @@ class SharedPoller:
                 self.latest.pop(instance_id, None)
             if not self.watchers and self._task is not None:
                 self._task.cancel()
+                self._task = None  # a watcher that arrives from now on starts a fresh loop
+                self._registry.pop(self.key, None)
