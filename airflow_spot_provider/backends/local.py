@@ -45,7 +45,9 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
     "local.gpu": {"spot": 0.39, "on_demand": 1.006},
 }
 DEFAULT_TYPE = "local.standard"
-OPTIONS = ("state_dir", "preempt_after", "preemption_rate_per_hour", "seed", "notice_seconds", "prices")
+#: Options the host process reads to simulate the spot market for an attempt.
+MARKET_OPTIONS = ("preempt_after", "preemption_rate_per_hour", "seed", "notice_seconds")
+OPTIONS = ("state_dir", *MARKET_OPTIONS, "prices")
 #: Variables a local job gets from the worker by default. Nothing else (no AIRFLOW_CONN_*, AWS_*,
 #: GOOGLE_*): a job sees a secret only when the DAG author lists it in ``pass_env``.
 BASE_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
@@ -158,7 +160,7 @@ class LocalBackend(SpotBackend):
             "instance_type": instance_type, "zone": request.zone or "local-1a", "market": request.market,
             "price_per_hour": price["spot" if request.market == "spot" else "on_demand"],
             "on_demand_price_per_hour": price["on_demand"], "launched_at": time.time(), "env": env,
-            "market_simulation": {k: self.options[k] for k in OPTIONS[1:5] if k in self.options},
+            "market_simulation": {k: self.options[k] for k in MARKET_OPTIONS if k in self.options},
         })
         write_json(path / "state.json", {"state": "pending"})
         # --detach: the host forks and this child exits at once, so no zombie is left behind.
