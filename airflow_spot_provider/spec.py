@@ -25,6 +25,10 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV_PREFIX = "SPOT_"
 
 
+#: Larger numbers are typos (and overflow timers): no interval, count or size here needs more.
+MAX_NUMBER = 1e12
+
+
 class SpotSpecError(ValueError):
     """An invalid job spec. The message names the field."""
 
@@ -65,8 +69,10 @@ def number(field_name: str, value: Any, *, minimum: float = 0, integer: bool = F
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an integer" if integer else "a number"
         raise _fail(field_name, f"must be {kind}, got {value!r}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise _fail(field_name, f"must be finite, got {value!r}")
+    if value > MAX_NUMBER:
+        raise _fail(field_name, f"must be at most {MAX_NUMBER:g}, got {value!r}")
     if value < minimum or (exclusive and value == minimum):
         raise _fail(field_name, f"must be {'>' if exclusive else '>='} {minimum}, got {value!r}")
     return value
@@ -132,6 +138,10 @@ class MachineSpec:
         if self.image is not None and (not isinstance(self.image, str) or not self.image):
             raise _fail("machine.image", "must be a non-empty string")
         number("machine.disk_gb", self.disk_gb, minimum=1, integer=True)
+
+    def placements(self) -> list[tuple[str | None, str | None]]:
+        """Where to try, in order: each instance type in each zone (None: the backend's default)."""
+        return [(t, z) for t in (self.instance_types or (None,)) for z in (self.zones or (None,))]
 
     def market_for(self, preemptions_this_try: int) -> str:
         limit = self.on_demand_after_preemptions

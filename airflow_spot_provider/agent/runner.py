@@ -1,9 +1,15 @@
-"""One attempt, start to finish: restore → run the job → sync while it runs → final sync → exit marker."""
+"""One attempt, start to finish: restore → run the job → sync while it runs → final sync → exit marker.
+
+Storage calls are retried inside :class:`CheckpointStore`. What the exit marker adds for the operator:
+``sync_error`` when the final sync failed (then there is no ``final-sync`` marker, so backup-save runs),
+and ``fenced`` when a newer attempt took over the store (this attempt stopped its job and synced no more).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -12,18 +18,23 @@ from typing import Any
 
 from airflow_spot_provider.agent.config import AgentConfig
 from airflow_spot_provider.agent.notice import notice_source
-from airflow_spot_provider.checkpoints.store import CheckpointStore
+from airflow_spot_provider.checkpoints.store import CheckpointStore, FencedError
 from airflow_spot_provider.checkpoints.sync import DirectorySync, SyncResult, restore
 
 log = logging.getLogger("airflow_spot_provider.agent")
 
 POLL_SECONDS = 0.2
-FINAL_SYNC_TRIES = 4
+#: After a fence stops the job with SIGTERM, seconds before it is killed.
+FENCE_GRACE_SECONDS = 10.0
+#: The agent's exit code when a newer attempt fenced it off (EX_TEMPFAIL).
+FENCED_EXIT = 75
 
 
 class AttemptRunner:
-    def __init__(self, cfg: AgentConfig, store: CheckpointStore | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, store: CheckpointStore | None = None, *,
+                 fence_grace: float = FENCE_GRACE_SECONDS) -> None:
         self.cfg = cfg
+        self.fence_grace = fence_grace
         self.store = store or CheckpointStore.from_uri(cfg.checkpoint_uri)
         self.work_dir = Path(cfg.work_dir)
         self.checkpoint_dir = Path(cfg.checkpoint_dir)
@@ -32,6 +43,12 @@ class AttemptRunner:
         self.source = notice_source(cfg.notice)
         self.syncer = DirectorySync(self.checkpoint_dir, self.store, cfg.attempt, cfg.checkpoint_pattern)
         self.notice: dict[str, Any] | None = None
+        #: The attempt that fenced this one off; once set, nothing is synced any more.
+        self.fenced: int | None = None
+        #: The last sync failure ("Type: message"), cleared by a successful sync.
+        self.sync_error: str | None = None
+        self._proc: subprocess.Popen | None = None
+        self._kill_at: float | None = None
         self._sigterm = False
         self._progress_sent: str | None = None
 
@@ -46,7 +63,9 @@ class AttemptRunner:
         return ""
 
     def _job_env(self, resume_from: str) -> dict[str, str]:
+        # The VM's own environment (PATH, HOME, locale; the local backend already filtered it), then the job's.
         return {
+            **os.environ,
             **self.cfg.env,
             "SPOT_CHECKPOINT_DIR": str(self.checkpoint_dir),
             "SPOT_RESUME_FROM": resume_from,
@@ -71,12 +90,32 @@ class AttemptRunner:
         self._safely(lambda: self.store.write_marker(self.cfg.attempt, "notice", {"notice": found}), "notice marker")
 
     def _sync(self, source: str) -> SyncResult | None:
-        result = self._safely(lambda: self.syncer.sync(source), "checkpoint sync")
-        if result and result.uploaded:
+        if self.fenced is not None:
+            return None
+        try:
+            result = self.syncer.sync(source)
+        except FencedError as err:
+            self._on_fenced(err.fence)
+            return None
+        except Exception as err:  # noqa: BLE001 - any storage fault: the next round (or backup-save) retries
+            self.sync_error = f"{type(err).__name__}: {err}"
+            log.warning("checkpoint sync failed: %s", self.sync_error)
+            return None
+        self.sync_error = None
+        if result.uploaded:
             log.info("synced %d file(s), %d bytes; latest checkpoint %s", len(result.uploaded), result.bytes,
                      result.latest)
         self._send_progress()
         return result
+
+    def _on_fenced(self, fence: int) -> None:
+        """A newer attempt owns the store: stop syncing for good and stop the job (it would only waste)."""
+        self.fenced = fence
+        log.warning("fenced by attempt %d: a newer attempt owns %s; no more syncs, stopping the job",
+                    fence, self.cfg.checkpoint_uri)
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            self._kill_at = time.monotonic() + self.fence_grace
 
     def _send_progress(self) -> None:
         try:
@@ -100,28 +139,18 @@ class AttemptRunner:
             return None
 
     def _final_sync(self) -> SyncResult | None:
-        for attempt in range(FINAL_SYNC_TRIES):
-            result = self._sync("final-sync")
-            if result is not None:
-                return result
-            if attempt + 1 < FINAL_SYNC_TRIES:  # the grace period is short: no sleep after the last try
-                time.sleep(min(2**attempt, 8))
-        return None
+        """One last round after the job exited; the store retries transient errors inside it."""
+        return self._sync("final-sync")
 
-    # -- main ----------------------------------------------------------------------------------
-    def run(self) -> int:
+    def _wait_for_job(self, proc: subprocess.Popen) -> int:
         cfg = self.cfg
-        signal.signal(signal.SIGTERM, self._on_sigterm)  # GCE soft-off, or the local market
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        resume_from = self._restore()
-        self.store.write_marker(cfg.attempt, "started", {
-            "instance_id": cfg.instance_id, "restored_from": Path(resume_from).name if resume_from else None})
-        argv = self._argv(resume_from)
-        log.info("attempt %d on %s: running %s", cfg.attempt, cfg.instance_id, argv)
-        proc = subprocess.Popen(argv, cwd=self.work_dir, env=self._job_env(resume_from))
         next_sync = time.monotonic() + cfg.sync_interval
         while proc.poll() is None:
+            if self.fenced is not None:
+                if self._kill_at is not None and time.monotonic() >= self._kill_at:
+                    proc.kill()  # it ignored SIGTERM; a stale attempt must not keep running
+                time.sleep(POLL_SECONDS)
+                continue
             if self.notice is None:
                 self._check_notice(proc)
                 if self.notice is not None:
@@ -131,15 +160,50 @@ class AttemptRunner:
                 interval = cfg.notice_sync_interval if self.notice else cfg.sync_interval
                 next_sync = time.monotonic() + interval
             time.sleep(POLL_SECONDS)
-        code = proc.returncode
+        return proc.returncode
+
+    def _write_exit(self, code: int | None, final_sync: bool) -> None:
+        data: dict[str, Any] = {"code": code, "notice": self.notice is not None, "final_sync": final_sync}
+        if self.fenced is not None:
+            data["fenced"] = self.fenced
+        elif not final_sync and self.sync_error:
+            data["sync_error"] = self.sync_error
+        self._safely(lambda: self.store.write_marker(self.cfg.attempt, "exit", data), "exit marker")
+
+    def _fenced_at_start(self) -> bool:
+        try:
+            self.syncer.check_fence()
+        except FencedError as err:
+            self._on_fenced(err.fence)
+            return True
+        return False
+
+    # -- main ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        cfg = self.cfg
+        signal.signal(signal.SIGTERM, self._on_sigterm)  # GCE soft-off, or the local market
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if self._fenced_at_start():  # launched after a newer attempt took over: do not run at all
+            self._write_exit(None, final_sync=False)
+            return FENCED_EXIT
+        resume_from = self._restore()
+        self.store.write_marker(cfg.attempt, "started", {
+            "instance_id": cfg.instance_id, "restored_from": Path(resume_from).name if resume_from else None})
+        argv = self._argv(resume_from)
+        log.info("attempt %d on %s: running %s", cfg.attempt, cfg.instance_id, argv)
+        self._proc = proc = subprocess.Popen(argv, cwd=self.work_dir, env=self._job_env(resume_from))
+        code = self._wait_for_job(proc)
         log.info("job exited with code %s", code)
         final = self._final_sync()
+        written = False
         if final is not None:
-            self._safely(lambda: self.store.write_marker(cfg.attempt, "final-sync", {
-                **final.to_dict(), "after_notice": self.notice is not None}), "final-sync marker")
-        self._safely(lambda: self.store.write_marker(cfg.attempt, "exit", {
-            "code": code, "notice": self.notice is not None, "final_sync": final is not None}), "exit marker")
-        return code
+            written = self._safely(lambda: self.store.write_marker(cfg.attempt, "final-sync", {
+                **final.to_dict(), "after_notice": self.notice is not None}), "final-sync marker") is not None
+        elif self.sync_error:
+            log.error("final sync failed: %s; the checkpoint directory is left for backup-save", self.sync_error)
+        self._write_exit(code, final_sync=written)
+        return FENCED_EXIT if self.fenced is not None else code
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self._sigterm = True

@@ -1,4 +1,4 @@
-"""One checkpoint prefix in object storage: the files, a manifest, and per-attempt markers.
+"""One checkpoint prefix in object storage: the files, a manifest, per-attempt markers and a fence.
 
 Works on any fsspec filesystem, so ``file://``, ``s3://`` and ``gs://`` share one code path. On the
 Airflow side the filesystem comes from ``ObjectStoragePath`` (with the Airflow connection); on a VM
@@ -8,23 +8,156 @@ Layout under the prefix::
 
     <checkpoint files, as the job wrote them>
     .spot/manifest.json                 # published files: size, sha256, attempt that wrote them
+    .spot/fence.json                    # {"attempt": N}: attempts below N may no longer publish
     .spot/attempts/0003/started.json    # markers: started, notice, final-sync, exit, progress
+    .spot/staging/0003-<uuid>/<relpath> # uploads in flight; moved to <relpath> once complete
+
+Integrity rules kept here:
+
+- a file reaches its final name only whole: it is uploaded to a staging key, its size checked, then
+  moved (a rename on local disks, a server-side copy on object stores); the manifest, written last,
+  is what makes it part of a checkpoint. A half-written upload is only ever a staging object.
+- nothing published is deleted; the only deletions are this process's own staging objects (the
+  second half of a move on object stores, or an upload that is discarded before publishing).
+- every storage call is retried on transient errors (:func:`is_transient`) with capped, jittered
+  exponential backoff; errors that outlast the retries are raised as :class:`StorageError`.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
+import os
 import posixpath
+import random
+import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
 
 CONTROL_DIR = ".spot"
-MARKERS = ("started", "notice", "progress", "final-sync", "exit")
+MARKERS = ("started", "notice", "progress", "final-sync", "exit", "backup-save")
+FENCE = f"{CONTROL_DIR}/fence.json"
+MANIFEST = f"{CONTROL_DIR}/manifest.json"
+STAGING_DIR = f"{CONTROL_DIR}/staging"
+#: Longest path component most file systems accept (bytes).
+MAX_NAME_BYTES = 255
+
+T = TypeVar("T")
 
 
+class StorageError(OSError):
+    """A storage call that kept failing after its retries (or a staged upload that never verified)."""
+
+
+class FencedError(RuntimeError):
+    """A newer attempt owns the store: this attempt may no longer publish anything."""
+
+    def __init__(self, attempt: int, fence: int) -> None:
+        super().__init__(f"attempt {attempt} is fenced by attempt {fence}: a newer attempt owns the checkpoints")
+        self.attempt = attempt
+        self.fence = fence
+
+
+# -- transient errors ----------------------------------------------------------------------------
+#: OSError subclasses and errnos that retrying cannot fix (missing, forbidden, full, read-only).
+PERSISTENT_OS_ERRORS: tuple[type[OSError], ...] = (
+    FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError, StorageError,
+)
+PERSISTENT_ERRNOS = frozenset({
+    errno.ENOENT, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+    errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.EINVAL,
+})
+#: Non-OSError types that mean "try again", by defining module. They are looked up in ``sys.modules``
+#: only: an error type can only be raised once its module is loaded, so nothing is imported here.
+TRANSIENT_TYPES: dict[str, tuple[str, ...]] = {
+    "asyncio": ("TimeoutError",),  # not an OSError before Python 3.11
+    "fsspec.exceptions": ("FSTimeoutError",),
+    "botocore.exceptions": ("ConnectionError", "HTTPClientError", "IncompleteReadError", "ResponseStreamingError"),
+    "aiohttp": ("ClientConnectionError", "ClientPayloadError"),
+    "google.auth.exceptions": ("TransportError",),
+    "gcsfs.retry": ("ChecksumError",),
+}
+#: Errors that carry an HTTP status or service code: retried only for these values.
+STATUS_ERROR_TYPES: dict[str, tuple[str, ...]] = {
+    "botocore.exceptions": ("ClientError",),
+    "gcsfs.retry": ("HttpError",),
+}
+TRANSIENT_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+TRANSIENT_SERVICE_CODES = frozenset({
+    "RequestTimeout", "Throttling", "ThrottlingException", "SlowDown", "TooManyRequests",
+    "InternalError", "ServiceUnavailable", "RequestLimitExceeded",
+})
+
+
+def _loaded_types(table: dict[str, tuple[str, ...]]) -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = []
+    for module_name, names in table.items():
+        module = sys.modules.get(module_name)
+        found.extend(getattr(module, name) for name in names if module is not None and hasattr(module, name))
+    return tuple(found)
+
+
+def _status_is_transient(err: BaseException) -> bool:
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = response.get("Error", {}).get("Code")
+        return status in TRANSIENT_HTTP_STATUS or code in TRANSIENT_SERVICE_CODES
+    return getattr(err, "code", None) in TRANSIENT_HTTP_STATUS  # gcsfs HttpError
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether another try may succeed: network, timeout and throttling errors, not missing/forbidden/full."""
+    if isinstance(err, PERSISTENT_OS_ERRORS):
+        return False
+    if isinstance(err, _loaded_types(STATUS_ERROR_TYPES)):
+        return _status_is_transient(err)
+    if isinstance(err, OSError):
+        return err.errno not in PERSISTENT_ERRNOS
+    return isinstance(err, _loaded_types(TRANSIENT_TYPES))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter. ``sleep`` and ``rand`` are injectable so tests run fast."""
+
+    tries: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    #: Each delay is scaled by a random factor in [1 - jitter, 1], so many VMs do not retry in step.
+    jitter: float = 0.5
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+    rand: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+
+    def delay(self, retry: int) -> float:
+        ceiling = min(self.max_delay, self.base_delay * 2**retry)
+        return ceiling * (1 - self.jitter * self.rand())
+
+    def call(self, what: str, action: Callable[[], T]) -> T:
+        """Run ``action``; retry transient errors; raise :class:`StorageError` when they outlast the tries."""
+        for attempt in range(1, self.tries + 1):
+            try:
+                return action()
+            except Exception as err:  # noqa: BLE001 - classified by is_transient; everything else is re-raised
+                if not is_transient(err):
+                    raise
+                if attempt == self.tries:
+                    raise StorageError(f"{what} failed after {self.tries} tries: {type(err).__name__}: {err}") from err
+                pause = self.delay(attempt - 1)
+                log.warning("%s failed (%s: %s); retry %d of %d in %.2fs", what, type(err).__name__, err,
+                            attempt, self.tries - 1, pause)
+                self.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+# -- paths ---------------------------------------------------------------------------------------
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -34,10 +167,24 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 
 
 def safe_relpath(relpath: str) -> str:
-    """Reject store keys that would escape the checkpoint directory on restore."""
+    """Reject store keys that would escape the checkpoint directory on restore (or cannot be a file name).
+
+    Refused: empty keys, absolute keys, ``.``/``..``/empty components, backslashes, NUL, keys that are not
+    valid UTF-8 text (lone surrogates), over-long components, and keys inside the store's control directory.
+    """
+    if not isinstance(relpath, str) or not relpath:
+        raise ValueError(f"refusing checkpoint path {relpath!r}: it is empty or not a string")
     parts = relpath.split("/")
-    if not relpath or relpath.startswith("/") or "\\" in relpath or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"refusing checkpoint path {relpath!r}: it is empty, absolute or escapes the directory")
+    if relpath.startswith("/") or "\\" in relpath or "\x00" in relpath or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"refusing checkpoint path {relpath!r}: it is absolute or escapes the directory")
+    try:
+        too_long = any(len(p.encode("utf-8")) > MAX_NAME_BYTES for p in parts)
+    except UnicodeEncodeError:
+        raise ValueError(f"refusing checkpoint path {relpath!r}: it is not valid UTF-8 text") from None
+    if too_long:
+        raise ValueError(f"refusing checkpoint path {relpath!r}: a component is longer than {MAX_NAME_BYTES} bytes")
+    if parts[0] == CONTROL_DIR:
+        raise ValueError(f"refusing checkpoint path {relpath!r}: it is inside the store's control directory")
     return relpath
 
 
@@ -55,21 +202,27 @@ class Manifest:
         data = json.loads(text)
         return cls(files=dict(data.get("files", {})))
 
+    def newest_attempt(self) -> int:
+        """The highest attempt number that published an entry (0 for an empty manifest)."""
+        attempts = [e.get("attempt") for e in self.files.values() if isinstance(e, dict)]
+        return max((a for a in attempts if isinstance(a, int) and not isinstance(a, bool)), default=0)
+
 
 class CheckpointStore:
     """A checkpoint prefix on an fsspec filesystem."""
 
-    def __init__(self, fs: Any, root: str) -> None:
+    def __init__(self, fs: Any, root: str, retry: RetryPolicy | None = None) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
+        self.retry = retry or RetryPolicy()
 
     @classmethod
-    def from_uri(cls, uri: str, **storage_options: Any) -> CheckpointStore:
+    def from_uri(cls, uri: str, retry: RetryPolicy | None = None, **storage_options: Any) -> CheckpointStore:
         """Build from a URI with the environment's own credentials (the agent's path)."""
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(uri, **storage_options)
-        return cls(fs, root)
+        return cls(fs, root, retry)
 
     @property
     def renames_atomically(self) -> bool:
@@ -80,38 +233,110 @@ class CheckpointStore:
         return posixpath.join(self.root, relpath)
 
     # -- files ---------------------------------------------------------------------------------
-    def put_file(self, local_path: str, relpath: str) -> None:
-        target = self.path(relpath)
-        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        self.fs.put_file(local_path, target)
+    def put_file(self, local_path: str, relpath: str, attempt: int = 0) -> None:
+        """Upload one file to its final name, never leaving a partial object there."""
+        self.commit_file(self.stage_file(local_path, relpath, attempt), relpath)
+
+    def stage_file(self, local_path: str, relpath: str, attempt: int = 0) -> str:
+        """Upload to a fresh staging key and check its size; returns the staging key (store-relative)."""
+        staging = f"{STAGING_DIR}/{attempt:04d}-{uuid.uuid4().hex}/{relpath}"
+        target = self.path(staging)
+        size = os.stat(local_path).st_size
+
+        def upload() -> None:
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            self.fs.put_file(local_path, target)
+            stored = self.fs.size(target)
+            if stored != size:  # a truncated upload that reported success: upload it again
+                raise OSError(errno.EIO, f"staged {relpath} has {stored} bytes, expected {size}")
+
+        self.retry.call(f"upload of {relpath}", upload)
+        return staging
+
+    def commit_file(self, staging: str, relpath: str) -> None:
+        """Move a verified staging object to its final name (atomic per object on every backend)."""
+        source, target = self.path(staging), self.path(relpath)
+
+        def move() -> None:
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            try:
+                self.fs.mv(source, target)
+            except FileNotFoundError:
+                # A retried move whose first try did land (the copy and delete went through, the reply did not).
+                if not self.fs.exists(source) and self.fs.exists(target):
+                    return
+                raise
+
+        self.retry.call(f"move of {relpath} to its final name", move)
+
+    def discard_staged(self, staging: str) -> None:
+        """Drop this process's own unpublished staging object (best effort: leftovers are harmless)."""
+        try:
+            self.fs.rm_file(self.path(staging))
+        except OSError as err:
+            log.info("could not remove staging object %s: %s", staging, err)
+
+    def exists(self, relpath: str) -> bool:
+        path = self.path(relpath)
+        self.fs.invalidate_cache(path)
+        return self.retry.call(f"lookup of {relpath}", lambda: self.fs.exists(path))
 
     def get_file(self, relpath: str, local_path: str) -> None:
-        self.fs.get_file(self.path(relpath), local_path)
+        self.retry.call(f"download of {relpath}", lambda: self.fs.get_file(self.path(relpath), local_path))
 
     def _write_text(self, relpath: str, text: str) -> None:
         """Write a small control object; on file systems with rename, readers never see half of it."""
         target = self.path(relpath)
-        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        if self.renames_atomically:
-            tmp = f"{target}.{uuid.uuid4().hex}.tmp"
-            self.fs.pipe_file(tmp, text.encode())
-            self.fs.mv(tmp, target)
-        else:  # object stores publish a single PUT atomically
-            self.fs.pipe_file(target, text.encode())
+
+        def write() -> None:
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            if self.renames_atomically:
+                tmp = f"{target}.{uuid.uuid4().hex}.tmp"
+                self.fs.pipe_file(tmp, text.encode())
+                self.fs.mv(tmp, target)
+            else:  # object stores publish a single PUT atomically
+                self.fs.pipe_file(target, text.encode())
+
+        self.retry.call(f"write of {relpath}", write)
 
     def _read_text(self, relpath: str) -> str | None:
-        try:
-            return self.fs.cat_file(self.path(relpath)).decode()
-        except FileNotFoundError:
-            return None
+        def read() -> str | None:
+            try:
+                return self.fs.cat_file(self.path(relpath)).decode()
+            except FileNotFoundError:
+                return None
+
+        return self.retry.call(f"read of {relpath}", read)
 
     # -- manifest ------------------------------------------------------------------------------
     def read_manifest(self) -> Manifest:
-        text = self._read_text(f"{CONTROL_DIR}/manifest.json")
+        text = self._read_text(MANIFEST)
         return Manifest.from_json(text) if text else Manifest()
 
     def write_manifest(self, manifest: Manifest) -> None:
-        self._write_text(f"{CONTROL_DIR}/manifest.json", manifest.to_json())
+        self._write_text(MANIFEST, manifest.to_json())
+
+    # -- fencing -------------------------------------------------------------------------------
+    def read_fence(self) -> int:
+        """The explicit fence: attempts below it may not publish (0 when none was raised)."""
+        text = self._read_text(FENCE)
+        return int(json.loads(text)["attempt"]) if text else 0
+
+    def raise_fence(self, attempt: int) -> int:
+        """Fence off every attempt below ``attempt``; the fence only ever goes up. Returns the fence.
+
+        The operator calls this right before it launches attempt N, which is after the backup-save of
+        attempt N-1: backup-save runs as attempt N-1 and is fenced like the agent, so doing it first is
+        what lets it publish. One operator at a time writes the fence (a read-then-write).
+
+        Without a raised fence, a stale attempt is still stopped once a newer attempt has published a
+        manifest entry (see :meth:`DirectorySync.check_fence`); the fence closes the gap before that.
+        """
+        current = self.read_fence()
+        if attempt <= current:
+            return current
+        self._write_text(FENCE, json.dumps({"attempt": attempt, "time": time.time()}))
+        return attempt
 
     # -- markers -------------------------------------------------------------------------------
     @staticmethod
@@ -126,7 +351,19 @@ class CheckpointStore:
         return record
 
     def read_markers(self, attempt: int) -> dict[str, dict[str, Any]]:
-        """All markers of one attempt, by name (missing markers are absent)."""
+        """All markers of one attempt, by name (missing markers are absent).
+
+        A read error other than "not found" is retried and then raised: a marker that failed to load
+        must not look absent (an attempt whose exit marker vanished would be classified as lost).
+        """
         paths = {self.path(f"{self.marker_dir(attempt)}/{name}.json"): name for name in MARKERS}
-        found = self.fs.cat(list(paths), on_error="omit")  # one batched call on object stores
-        return {paths[p]: json.loads(data) for p, data in found.items() if data}
+
+        def read() -> dict[str, bytes]:
+            found = self.fs.cat(list(paths), on_error="return")  # one batched call on object stores
+            for value in found.values():
+                if isinstance(value, BaseException) and not isinstance(value, FileNotFoundError):
+                    raise value
+            return {p: v for p, v in found.items() if isinstance(v, bytes) and v}
+
+        found = self.retry.call(f"read of attempt {attempt}'s markers", read)
+        return {paths[p]: json.loads(data) for p, data in found.items()}
