@@ -42,7 +42,7 @@ class AttemptRecord:
     try_number: int
     backend: str
     token: str
-    status: str = "launching"  # launching | running | succeeded | failed | preempted | lost
+    status: str = "launching"  # launching | running | succeeded | failed | preempted | lost | cancelled
     reason: str = ""
     exit_code: int | None = None
     instance_id: str | None = None
@@ -61,6 +61,18 @@ class AttemptRecord:
     on_demand_price_per_hour: float | None = None
     progress: dict[str, Any] | None = None
     backup_save: dict[str, Any] | None = None
+    #: The agent synced after the job exited (final-sync marker): nothing on the disk is newer.
+    final_synced: bool = False
+    #: Backup-save helper VM while it runs (a restarted worker waits for it again).
+    backup_helper: str | None = None
+    #: The attempt's disk/volume is deleted: nothing of it is left in the cloud.
+    released: bool = False
+    #: Index into the machine's placements (type × zone) of the current/next launch call.
+    placement: int = 0
+    #: Launch calls the cloud refused (capacity, throttling), oldest first.
+    launch_errors: list[dict[str, Any]] = field(default_factory=list)
+    #: Timer deferrals while waiting for capacity (the backoff grows with it).
+    capacity_waits: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttemptRecord:
@@ -94,6 +106,8 @@ class AttemptRecord:
 class JobRecord:
     nonce: str = field(default_factory=lambda: secrets.token_hex(8))
     attempts: int = 0
+    #: Epoch second by which each try (by try number) must finish (``job_timeout``).
+    deadlines: dict[str, float] = field(default_factory=dict)
 
 
 class Ledger:
@@ -104,6 +118,16 @@ class Ledger:
         self._attempts: dict[int, AttemptRecord] = {}
         if not raw:
             self._save_job()
+
+    def deadline(self, try_number: int, timeout_seconds: float | None) -> float | None:
+        """The try's deadline, fixed when the try first asks (a restarted worker keeps the same one)."""
+        if timeout_seconds is None:
+            return None
+        key = str(try_number)
+        if key not in self.job.deadlines:
+            self.job.deadlines[key] = time.time() + timeout_seconds
+            self._save_job()
+        return self.job.deadlines[key]
 
     def _save_job(self) -> None:
         self.store.set(JOB_KEY, asdict(self.job), retention=_never_expire())

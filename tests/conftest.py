@@ -19,6 +19,8 @@ os.environ.update({
     "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags"),
     "SPOT_E2E_SPECS": str(_HOME / "e2e-specs"),
     "AIRFLOW_SPOT_LOCAL_DIR": str(_HOME / "spot-local"),
+    # gcsfs's default filesystem asks a gRPC API about each bucket, which the GCS emulator lacks (it hangs).
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
 })
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 

@@ -53,9 +53,27 @@ def test_bad_spec_fails_at_construction_naming_the_field(overrides, field):
     assert str(err.value).startswith(f"{field}:"), str(err.value)
 
 
-def test_cloud_backends_are_refused_clearly_until_they_exist():
-    with pytest.raises(SpotSpecError, match="'aws' backend is not available"):
-        build(backend="aws", checkpoint_uri="s3://bucket/prefix/")
+AWS_MACHINE = {"instance_types": ["g5.xlarge"], "zones": ["us-east-1a"], "image": "ami-0123456789abcdef0"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"machine": {**AWS_MACHINE, "image": None}}, "machine.image"),
+        ({"machine": {**AWS_MACHINE, "instance_types": []}}, "machine.instance_types"),
+        ({"machine": {**AWS_MACHINE, "instance_types": ["g5 xlarge"]}}, "machine.instance_types[0]"),
+        ({"machine": {**AWS_MACHINE, "zones": ["us-east-1"]}}, "machine.zones[0]"),
+        ({"backend_options": {"subnets": {}}}, "backend_options"),
+        ({"backend_options": {"subnet_ids": {"us-east-1b": "subnet-1"}}}, "backend_options.subnet_ids"),
+        ({"backend_options": {"agent_install": "pip"}}, "backend_options.agent_install"),
+        ({"checkpoint_uri": "gs://bucket/x/"}, "checkpoint_uri"),
+    ],
+)
+def test_aws_spec_errors_name_the_field_without_calling_aws(overrides, field):
+    with pytest.raises(SpotSpecError) as err:
+        build(**{"backend": "aws", "checkpoint_uri": "s3://bucket/prefix/", "machine": AWS_MACHINE, **overrides})
+    assert str(err.value).startswith(f"{field}:"), str(err.value)
+    assert build(backend="aws", checkpoint_uri="s3://bucket/prefix/", machine=AWS_MACHINE).backend == "aws"
 
 
 def test_templated_uri_is_checked_up_to_the_template_and_again_after_rendering():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +22,10 @@ class AgentConfig:
     notice: dict[str, Any] = field(default_factory=lambda: {"source": "none"})
     #: Seconds between syncs after a notice: the job is expected to save right away.
     notice_sync_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        # A VM's bootstrap names the disk relative to its own root: fix it before the job changes directory.
+        object.__setattr__(self, "work_dir", os.path.abspath(self.work_dir))
 
     @property
     def checkpoint_dir(self) -> str:

@@ -6,16 +6,28 @@ from typing import Any
 
 from airflow_spot_provider.backends.base import SpotBackend
 
+EXTRAS = {"aws": "aws", "gcp": "gcp"}
 
-def get_backend(name: str, options: dict[str, Any] | None = None) -> SpotBackend:
+
+def get_backend(name: str, options: dict[str, Any] | None = None, conn_id: str | None = None) -> SpotBackend:
+    """The backend ``name`` with its options; ``conn_id`` is the Airflow connection of the cloud API."""
     options = dict(options or {})
     if name == "local":
         from airflow_spot_provider.backends.local import LocalBackend
 
         return LocalBackend(**options)
-    if name in ("aws", "gcp"):
+    try:
+        if name == "aws":
+            from airflow_spot_provider.backends.aws import AwsBackend
+
+            return AwsBackend(conn_id=conn_id, **options)
+        if name == "gcp":
+            from airflow_spot_provider.backends.gcp import GcpBackend
+
+            return GcpBackend(conn_id=conn_id, **options)
+    except ImportError as err:
         raise NotImplementedError(
-            f"the {name!r} backend is not available in this version of airflow-spot-provider; "
-            "use backend='local'"
-        )
+            f"the {name!r} backend needs the {EXTRAS[name]!r} extra: pip install 'airflow-spot-provider[{name}]' "
+            f"({err})"
+        ) from err
     raise ValueError(f"unknown backend {name!r}; choose one of local, aws, gcp")

@@ -71,6 +71,19 @@ class JobIdentity:
         return asdict(self)
 
 
+class LaunchError(Exception):
+    """The cloud would not start the attempt now; nothing was created.
+
+    ``move_on``: this placement (type × zone) has no capacity, try the next one; otherwise (throttling)
+    try the same placement again after a backoff.
+    """
+
+    def __init__(self, code: str, message: str, *, move_on: bool = True) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.move_on = move_on
+
+
 @dataclass(frozen=True)
 class LaunchRequest:
     identity: JobIdentity
@@ -84,10 +97,22 @@ class LaunchRequest:
     instance_type: str | None = None
     zone: str | None = None
     market: str = "spot"
+    #: How many launch calls for this attempt failed before this one (each call needs its own cloud token,
+    #: because a token is bound to the parameters of its first call).
+    launch_try: int = 0
+    image: str | None = None
+    disk_gb: int = 50
+    max_price_per_hour: float | None = None
 
     @property
     def token(self) -> str:
+        """The attempt's token: in the tags of everything launched for it, found again after a crash."""
         return self.identity.token(self.attempt)
+
+    @property
+    def call_token(self) -> str:
+        """The idempotency token of this launch call (EC2 ``ClientToken``, GCE ``requestId`` source)."""
+        return f"{self.token}-{self.launch_try}"
 
 
 @dataclass(frozen=True)
@@ -123,6 +148,16 @@ class BackupSaveResult:
     uploaded: list[str] = field(default_factory=list)
     bytes: int = 0
     latest: str | None = None
+    #: Set when the copy runs on a helper VM: the operator waits for it in a trigger, then calls
+    #: :meth:`SpotBackend.finish_backup_save`.
+    helper_id: str | None = None
+    #: The copy failed: the disk is kept (never released) so nothing is lost; a retry tries again.
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackupSaveResult:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,7 +221,15 @@ class SpotBackend(abc.ABC):
     @abc.abstractmethod
     def backup_save(self, instance_id: str, store: CheckpointStore, attempt: int,
                     checkpoint_pattern: str) -> BackupSaveResult:
-        """Copy new and changed files from the dead attempt's disk to the store."""
+        """Copy new and changed files from the dead attempt's disk to the store.
+
+        Either done at once (local), or started on a helper VM (``helper_id`` set): then a
+        :class:`~airflow_spot_provider.triggers.backup_save.BackupSaveTrigger` waits for it.
+        """
+
+    def finish_backup_save(self, instance_id: str, helper_id: str, marker: dict[str, Any] | None) -> BackupSaveResult:
+        """The helper VM is done (``marker``: what it wrote to the store, None if it died): remove it."""
+        raise NotImplementedError(f"the {self.name} backend runs no backup-save helpers")
 
     @abc.abstractmethod
     def release(self, instance_id: str) -> None:
@@ -195,6 +238,11 @@ class SpotBackend(abc.ABC):
     @abc.abstractmethod
     def list_instances(self) -> list[dict[str, Any]]:
         """Every attempt this backend knows of, live or not, with its tags (for status and sweep)."""
+
+    def sweep_delete(self, item: dict[str, Any]) -> None:
+        """Remove one leftover that :meth:`list_instances` reported (the ``sweep`` command)."""
+        self.terminate(item["instance_id"])
+        self.release(item["instance_id"])
 
     def validate_machine(self, machine: Any) -> None:
         """Reject machine settings this backend cannot satisfy (called at DAG parse time)."""
@@ -208,6 +256,10 @@ class SpotBackend(abc.ABC):
     @abc.abstractmethod
     async def describe(self, instance_ids: list[str]) -> dict[str, InstanceFacts]:
         """Facts for many instances in one call per batch (the poller shares it between triggers)."""
+
+    async def aclose(self) -> None:
+        """Close async clients opened by :meth:`describe` (the shared poller calls this when it stops)."""
+        return None
 
     def poll_key(self) -> tuple[str, ...]:
         """Triggers with equal keys share one describe loop (same backend, account, region)."""

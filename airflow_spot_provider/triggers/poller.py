@@ -57,6 +57,7 @@ class SharedPoller:
         finally:
             if self._registry.get(self.key) is self:
                 self._registry.pop(self.key, None)
+            await self.backend.aclose()
 
     @contextlib.asynccontextmanager
     async def watch(self, instance_id: str) -> AsyncIterator[AsyncIterator[InstanceFacts]]:

@@ -1,0 +1,971 @@
+"""An offline AWS for tests: moto's server plus the EC2 behaviour moto lacks, and a runner for the "VMs".
+
+Three layers, all in this process:
+
+* **moto server** (EC2, S3, ...) on 127.0.0.1, wrapped in a WSGI middleware that counts requests per
+  action, makes ``RunInstances`` idempotent on ``ClientToken``, injects launch errors (capacity, price,
+  quota, throttling) with EC2's real error XML and HTTP status, and gives spot launches the spot
+  instance request that EC2 creates for ``InstanceMarketOptions`` (moto creates none).
+* **control layer**: spot interruption (IMDS notice, then kill, state reason
+  ``Server.SpotInstanceTermination``, spot request ``instance-terminated-by-price``/``closed``),
+  rebalance recommendations and infrastructure loss, done by changing moto's in-memory EC2 backend.
+* **VM runner**: a thread that runs each running instance's user data as a local ``bash`` process in
+  its own session, with a fake IMDSv2 server, a clean environment, EBS data volumes as directories,
+  and ``shutdown``/``poweroff``/``halt`` shims that ask the runner to apply the instance's
+  ``InstanceInitiatedShutdownBehavior`` (the real commands are never on the VM's PATH first).
+
+The VM's environment stands for its instance profile: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
+are the placeholder ``instance-role`` (moto accepts any key), ``AWS_ENDPOINT_URL`` points every AWS SDK
+client at the fake, and ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` at the VM's own metadata server.
+
+Layout under ``root``::
+
+    vms/<instance-id>/user-data, console.log, shutdown-requested, bin/ (shims), root/ (the VM's "/")
+    vms/<instance-id>/root/data -> volumes/<vol-id>   (volume attached at /dev/sdf or /dev/xvdf)
+    volumes/<vol-id>/                                  (an EBS volume's contents; outlives instances)
+
+Usage::
+
+    with FakeAws(tmp_path) as fake:
+        ec2 = fake.client("ec2")
+        ...
+        fake.preempt(instance_id, notice_seconds=2.0)
+        fake.wait_gone(instance_id)
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+from xml.sax.saxutils import escape
+
+import boto3
+import psutil
+from botocore.config import Config
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.exceptions import InvalidSubnetIdError
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.instances import StateReason
+from moto.ec2.models.spot_requests import SpotInstanceRequest
+from moto.ec2.utils import random_spot_request_id
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import BaseWSGIServer, make_server
+
+log = logging.getLogger(__name__)
+
+REGION = "us-east-1"
+EC2_API_VERSION = "2016-11-15"
+#: Device names at which an attached volume becomes the VM's ``$SPOT_ROOT/data``.
+DATA_DEVICES = ("/dev/sdf", "/dev/xvdf")
+SHUTDOWN_COMMANDS = ("shutdown", "poweroff", "halt")
+#: HTTP status EC2 uses for each launch error code (others default to 400).
+ERROR_STATUS = {
+    "InsufficientInstanceCapacity": 500,
+    "InternalError": 500,
+    "Unavailable": 503,
+    "RequestLimitExceeded": 503,
+    "SpotMaxPriceTooLow": 400,
+    "MaxSpotInstanceCountExceeded": 400,
+    "InstanceLimitExceeded": 400,
+    "VcpuLimitExceeded": 400,
+    "IdempotentParameterMismatch": 400,
+}
+SPOT_TERMINATION = ("Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination")
+INTERNAL_ERROR = ("Server.InternalError", "Server.InternalError: Internal error on launch")
+INSTANCE_SHUTDOWN = (
+    "Client.InstanceInitiatedShutdown", "Client.InstanceInitiatedShutdown: Instance initiated shutdown"
+)
+SPOT_STATUS_MESSAGES = {
+    "fulfilled": "Your spot request is fulfilled.",
+    "marked-for-termination": "Spot Instance is marked for termination.",
+    "instance-terminated-by-price": "Spot Instance terminated due to price-too-low.",
+    "instance-terminated-no-capacity": "Spot Instance terminated due to no available capacity.",
+    "instance-terminated-by-user": "Spot Instance terminated due to user-initiated termination.",
+    "system-error": "An unexpected system error occurred.",
+}
+IMDS_MAX_TTL = 21600
+
+
+def utc_iso(moment: datetime) -> str:
+    """IMDS timestamps look like ``2026-11-29T20:17:00Z``."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; return it, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------------------------------
+# WSGI plumbing
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Response:
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.status.startswith("2")
+
+    def with_body(self, body: bytes) -> _Response:
+        headers = [(k, v) for k, v in self.headers if k.lower() != "content-length"]
+        return _Response(self.status, [*headers, ("Content-Length", str(len(body)))], body)
+
+
+def ec2_error(code: str, message: str, status: int | None = None) -> _Response:
+    """An error exactly as the EC2 Query API returns it."""
+    status = status or ERROR_STATUS.get(code, 400)
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Response><Errors><Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error></Errors>"
+        f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+    ).encode()
+    reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
+    return _Response(f"{status} {reason}", [("Content-Type", "text/xml;charset=UTF-8")], b"").with_body(body)
+
+
+def _request_params(environ: dict[str, Any]) -> dict[str, str]:
+    """Query API parameters (form body or query string); the body is put back for moto to read."""
+    params = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
+    if environ.get("REQUEST_METHOD") == "POST" and environ.get("CONTENT_TYPE", "").startswith(
+        "application/x-www-form-urlencoded"
+    ):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = BytesIO(body)
+        params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    return params
+
+
+def _credential_service(environ: dict[str, Any]) -> str | None:
+    match = re.search(r"Credential=[^/]+/\d+/[^/]+/([^/]+)/", environ.get("HTTP_AUTHORIZATION", ""))
+    return match.group(1) if match else None
+
+
+def _is_ec2(environ: dict[str, Any], params: dict[str, str]) -> bool:
+    service = _credential_service(environ)
+    return service == "ec2" if service else params.get("Version") == EC2_API_VERSION
+
+
+def _tag_specs(params: dict[str, str]) -> dict[str, dict[str, str]]:
+    """``TagSpecification.N.Tag.M.Key/Value`` → {resource type: {key: value}}."""
+    specs: dict[str, dict[str, str]] = {}
+    for key, resource in params.items():
+        match = re.fullmatch(r"TagSpecification\.(\d+)\.ResourceType", key)
+        if not match:
+            continue
+        prefix, tags = f"TagSpecification.{match.group(1)}.Tag.", specs.setdefault(resource, {})
+        for tag_key, name in params.items():
+            tag = re.fullmatch(re.escape(prefix) + r"(\d+)\.Key", tag_key)
+            if tag:
+                tags[name] = params.get(f"{prefix}{tag.group(1)}.Value", "")
+    return specs
+
+
+class _QuietHandler(MotoRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Tests read the fake's counters, not an access log."""
+
+
+# --------------------------------------------------------------------------------------------------
+# moto additions
+# --------------------------------------------------------------------------------------------------
+
+
+class _LinkedSpotRequest(SpotInstanceRequest):
+    """The one-time spot request EC2 creates for a ``RunInstances`` spot launch, tied to that instance.
+
+    moto's own constructor launches a new instance; this one adopts the instance RunInstances made.
+    """
+
+    # moto's model registry derives the service from the defining module's dotted name.
+    __module__ = SpotInstanceRequest.__module__
+
+    def __init__(self, backend: Any, instance: Any, options: dict[str, str], tags: dict[str, dict[str, str]]):
+        self._adopted = instance
+        super().__init__(
+            ec2_backend=backend, spot_request_id=random_spot_request_id(), price=options.get("MaxPrice") or "",
+            image_id=instance.image_id, spot_instance_type=options.get("SpotInstanceType") or "one-time",
+            valid_from=None, valid_until=None, launch_group=None, availability_zone_group=None,
+            key_name=instance.key_name, security_groups=[group.id for group in instance.security_groups],
+            user_data=instance.user_data, instance_type=instance.instance_type, placement=instance.placement.zone,
+            kernel_id=None, ramdisk_id=None, monitoring_enabled=False, subnet_id=instance.subnet_id, tags=tags,
+            spot_fleet_id=None, instance_interruption_behaviour=options.get("InstanceInterruptionBehavior"),
+        )
+        self.status_message = SPOT_STATUS_MESSAGES["fulfilled"]
+
+    def launch_instance(self) -> Any:
+        return self._adopted
+
+
+def _set_spot_status(request: Any, code: str, state: str | None = None) -> None:
+    request._status_code = code
+    request.status_message = SPOT_STATUS_MESSAGES.get(code, code)
+    if state:
+        request.state = state
+
+
+@dataclass
+class _FailRule:
+    code: str
+    instance_type: str | None
+    zone: str | None
+    remaining: int | None
+    message: str | None
+    status: int | None
+    #: Launch calls already refused: an SDK retry of one (same ClientToken) is refused again without
+    #: counting, so ``times`` counts the caller's launch calls, not botocore's retries of them.
+    tokens: set[str] = field(default_factory=set)
+
+    def matches(self, instance_type: str, zone: str | None) -> bool:
+        return (self.instance_type in (None, instance_type)) and (self.zone in (None, zone))
+
+
+def _launch_error_message(code: str, instance_type: str, zone: str | None, params: dict[str, str]) -> str:
+    if code == "InsufficientInstanceCapacity":
+        return (f"We currently do not have sufficient {instance_type} capacity in the Availability Zone you "
+                f"requested ({zone}). Our system will be working on provisioning additional capacity.")
+    if code == "SpotMaxPriceTooLow":
+        price = params.get("InstanceMarketOptions.SpotOptions.MaxPrice", "0")
+        return f"Your Spot request price of {price} is lower than the minimum required Spot request fulfillment price."
+    if code == "MaxSpotInstanceCountExceeded":
+        return "Max spot instance count exceeded"
+    if code == "RequestLimitExceeded":
+        return "Request limit exceeded."
+    return f"{code} ({instance_type} in {zone})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Fake IMDSv2
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Metadata:
+    """What one instance's metadata server answers; the control layer changes ``notice``/``rebalance``."""
+
+    instance_id: str
+    zone: str
+    region: str
+    instance_type: str
+    lifecycle: str
+    image_id: str
+    user_data: bytes | None
+    notice: dict[str, str] | None = None
+    rebalance: dict[str, str] | None = None
+    tokens: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def issue_token(self, ttl: int) -> str:
+        token = secrets.token_urlsafe(32)
+        with self.lock:
+            self.tokens[token] = time.monotonic() + ttl
+        return token
+
+    def token_valid(self, token: str | None) -> bool:
+        with self.lock:
+            expiry = self.tokens.get(token or "")
+        return expiry is not None and expiry > time.monotonic()
+
+    def lookup(self, path: str) -> str | bytes | None:
+        if path == "/latest/user-data":
+            return self.user_data
+        documents: dict[str, str | None] = {
+            "instance-id": self.instance_id,
+            "instance-type": self.instance_type,
+            "instance-life-cycle": self.lifecycle,
+            "ami-id": self.image_id,
+            "placement/availability-zone": self.zone,
+            "placement/region": self.region,
+            "spot/instance-action": json.dumps(self.notice) if self.notice else None,
+            "events/recommendations/rebalance": json.dumps(self.rebalance) if self.rebalance else None,
+        }
+        return documents.get(path.removeprefix("/latest/meta-data/").rstrip("/"))
+
+
+class _ImdsHandler(BaseHTTPRequestHandler):
+    """IMDSv2 only: a session token from ``PUT /latest/api/token`` is required on every GET."""
+
+    metadata: _Metadata  # set on the per-instance subclass
+
+    def do_PUT(self) -> None:
+        if self.path != "/latest/api/token":
+            return self._send(404, b"Not Found")
+        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+        if not ttl.isdigit() or not 1 <= int(ttl) <= IMDS_MAX_TTL:
+            return self._send(400, b"Bad Request")
+        token = self.metadata.issue_token(int(ttl))
+        self._send(200, token.encode(), {"X-aws-ec2-metadata-token-ttl-seconds": ttl})
+
+    def do_GET(self) -> None:
+        if not self.metadata.token_valid(self.headers.get("X-aws-ec2-metadata-token")):
+            return self._send(401, b"Unauthorized")
+        value = self.metadata.lookup(self.path)
+        if value is None:
+            return self._send(404, b"Not Found")
+        self._send(200, value if isinstance(value, bytes) else value.encode())
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep test output clean."""
+
+
+def _start_imds(metadata: _Metadata) -> ThreadingHTTPServer:
+    handler = type("ImdsHandler", (_ImdsHandler,), {"metadata": metadata})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+                     name=f"imds-{metadata.instance_id}").start()
+    return server
+
+
+# --------------------------------------------------------------------------------------------------
+# VM runner state
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _InstanceView:
+    """A consistent snapshot of one moto instance, taken under the state lock."""
+
+    instance_id: str
+    state: str
+    user_data: bytes | None
+    zone: str
+    instance_type: str
+    lifecycle: str
+    image_id: str
+    data_volume: str | None
+
+
+@dataclass
+class _Vm:
+    instance_id: str
+    vmdir: Path
+    imds: ThreadingHTTPServer
+    proc: subprocess.Popen
+    #: Descendants seen so far (pid → create time), so children that leave the group are still killed.
+    tracked: dict[int, float] = field(default_factory=dict)
+    ended: bool = False
+
+    @property
+    def root(self) -> Path:
+        return self.vmdir / "root"
+
+
+@dataclass
+class _DueKill:
+    at: float
+    spot_status: str
+
+
+def _snapshot(instance: Any) -> _InstanceView:
+    user_data = base64.b64decode(instance.user_data.as_bytes()) if instance.user_data else None
+    data_volume = next((instance.block_device_mapping[d].volume_id for d in DATA_DEVICES
+                        if d in instance.block_device_mapping), None)
+    return _InstanceView(
+        instance_id=instance.id, state=instance._state.name, user_data=user_data, zone=instance.placement.zone,
+        instance_type=instance.instance_type, lifecycle=instance.lifecycle or "on-demand",
+        image_id=instance.image_id, data_volume=data_volume,
+    )
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# The fake cloud
+# --------------------------------------------------------------------------------------------------
+
+
+class FakeAws:
+    """moto + EC2 behaviour moto lacks + a VM runner. Use as a context manager, or call ``close()``.
+
+    moto keeps its state in module globals, so one FakeAws may be open per process; it starts empty.
+    """
+
+    _open: FakeAws | None = None
+
+    def __init__(self, root: str | Path | None = None, region: str = REGION, poll_interval: float = 0.1) -> None:
+        if FakeAws._open is not None:
+            raise RuntimeError("another FakeAws is open in this process (moto state is global): close it first")
+        self._own_root = root is None
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="fake-aws-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.region = region
+        self.account = DEFAULT_ACCOUNT_ID
+        self.poll_interval = poll_interval
+        #: Errors raised inside the runner thread (tests assert this stays empty).
+        self.runner_errors: list[str] = []
+        # The state lock serialises moto requests with the control layer and the runner's snapshots
+        # (moto's backend is plain dicts). Order when both are needed: runner lock, then state lock.
+        self._state_lock = threading.RLock()
+        self._runner_lock = threading.RLock()
+        self._counts_lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._fail_rules: list[_FailRule] = []
+        self._throttles: dict[str, int] = {}
+        self._tokens: dict[str, tuple[dict[str, str], _Response]] = {}
+        self._vms: dict[str, _Vm] = {}
+        self._metadata: dict[str, _Metadata] = {}
+        self._due: dict[str, _DueKill] = {}
+        self._closed = False
+        self._server = self._start_moto()
+        self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
+        try:
+            self.reset()
+        except OSError:
+            self._server.shutdown()
+            raise
+        FakeAws._open = self
+        self._stop = threading.Event()
+        self._runner = threading.Thread(target=self._run_loop, daemon=True, name="fake-aws-runner")
+        self._runner.start()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeAws:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the runner, kill every VM, stop the metadata servers and moto. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._runner.join(timeout=10)
+        with self._runner_lock:
+            self._end_all_vms()
+        self._server.shutdown()
+        self._server.server_close()
+        FakeAws._open = None
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def reset(self) -> None:
+        """Back to an empty cloud: VMs killed, moto state reset, counters, rules and tokens cleared."""
+        with self._runner_lock:
+            self._end_all_vms()
+            self._vms.clear()
+            self._metadata.clear()
+            self._due.clear()
+            request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+        with self._state_lock:
+            self._fail_rules.clear()
+            self._throttles.clear()
+            self._tokens.clear()
+        self.reset_calls()
+        self.runner_errors.clear()
+
+    # ---- accessors --------------------------------------------------------------------------------
+
+    @property
+    def ec2_backend(self) -> Any:
+        """moto's in-memory EC2 backend (a new object after every reset)."""
+        return ec2_backends[self.account][self.region]
+
+    @property
+    def calls(self) -> collections.Counter[str]:
+        """Requests received per Query API action (including the ones answered with an injected error)."""
+        with self._counts_lock:
+            return collections.Counter(self._counts)
+
+    def reset_calls(self) -> None:
+        with self._counts_lock:
+            self._counts.clear()
+
+    def client(self, service: str, max_attempts: int | None = None, **kwargs: Any) -> Any:
+        """A boto3 client for tests; ``max_attempts=1`` shows what a caller sees without botocore's retries.
+
+        ``max_attempts`` counts every attempt (botocore's ``total_max_attempts``): botocore's own
+        ``retries={"max_attempts": 1}`` means one *retry*, i.e. two attempts.
+        """
+        if max_attempts is not None:
+            kwargs["config"] = Config(retries={"total_max_attempts": max_attempts, "mode": "standard"})
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=self.region,
+                            aws_access_key_id="x", aws_secret_access_key="x", **kwargs)
+
+    def airflow_conn(self, conn_id: str, password: str = "x", login: str = "x") -> tuple[str, str]:
+        """``(env var name, JSON value)`` of an Airflow AWS connection to this fake."""
+        value = {"conn_type": "aws", "login": login, "password": password,
+                 "extra": {"endpoint_url": self.endpoint, "region_name": self.region}}
+        return f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(value)
+
+    def default_network(self) -> dict[str, str]:
+        """Availability zone → subnet id of the default VPC (moto creates one default subnet per zone)."""
+        with self._state_lock:
+            return {zone: subnet.id for zone, subnet in sorted(self.ec2_backend.get_default_subnets().items())}
+
+    def vm_dir(self, instance_id: str) -> Path:
+        return self.root / "vms" / instance_id
+
+    def volume_dir(self, volume_id: str) -> Path:
+        return self.root / "volumes" / volume_id
+
+    def console(self, instance_id: str) -> str:
+        path = self.vm_dir(instance_id) / "console.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def imds_endpoint(self, instance_id: str) -> str | None:
+        with self._runner_lock:
+            vm = self._vms.get(instance_id)
+            return None if vm is None or vm.ended else f"http://127.0.0.1:{vm.imds.server_port}/"
+
+    def instance_state(self, instance_id: str) -> str:
+        with self._state_lock:
+            return self.ec2_backend.get_instance(instance_id)._state.name
+
+    def processes_alive(self) -> list[int]:
+        """Pids of VM processes (any instance, live or ended) that are still running."""
+        with self._runner_lock:
+            return sorted({proc.pid for vm in self._vms.values() for proc in self._members(vm)})
+
+    def wait_gone(self, instance_id: str, timeout: float = 10.0) -> str:
+        """Wait until the instance is terminated or stopped and its processes are dead; returns the state."""
+
+        def gone() -> str | None:
+            state = self.instance_state(instance_id)
+            if state not in ("terminated", "stopped"):
+                return None
+            with self._runner_lock:
+                vm = self._vms.get(instance_id)
+                return state if vm is None or not self._members(vm) else None
+
+        return wait_until(gone, timeout, what=f"{instance_id} to be gone")
+
+    # ---- request rules ---------------------------------------------------------------------------
+
+    def fail_launch(self, code: str, instance_type: str | None = None, zone: str | None = None,
+                    times: int | None = None, message: str | None = None, status: int | None = None) -> None:
+        """Matching RunInstances calls fail with EC2's ``code`` (``times=None``: until ``clear_failures``).
+
+        ``times`` counts launch calls by ``ClientToken``: the SDK's own retries of a call are refused too."""
+        with self._state_lock:
+            self._fail_rules.append(_FailRule(code, instance_type, zone, times, message, status))
+
+    def clear_failures(self) -> None:
+        with self._state_lock:
+            self._fail_rules.clear()
+            self._throttles.clear()
+
+    def throttle(self, action: str = "RunInstances", times: int = 1) -> None:
+        """The next ``times`` calls of ``action`` get ``RequestLimitExceeded`` (503)."""
+        with self._state_lock:
+            self._throttles[action] = self._throttles.get(action, 0) + times
+
+    # ---- control layer -----------------------------------------------------------------------------
+
+    def preempt(self, instance_id: str, notice_seconds: float | None = 2.0,
+                spot_status: str = "instance-terminated-by-price") -> None:
+        """Interrupt a spot instance: IMDS notice now, kill after ``notice_seconds`` (None: kill at once)."""
+        with self._runner_lock:
+            self._require_running(instance_id)
+            if notice_seconds is None:
+                self._terminate_by_service(instance_id, SPOT_TERMINATION, spot_status)
+                return
+            kill_at = datetime.now(timezone.utc) + timedelta(seconds=notice_seconds)
+            self._metadata_for(instance_id).notice = {"action": "terminate", "time": utc_iso(kill_at)}
+            with self._state_lock:
+                if request := self._spot_request_of(instance_id):
+                    _set_spot_status(request, "marked-for-termination")
+            self._due[instance_id] = _DueKill(time.monotonic() + notice_seconds, spot_status)
+
+    def rebalance(self, instance_id: str) -> None:
+        """Publish a rebalance recommendation in the instance's IMDS."""
+        with self._runner_lock:
+            self._require_running(instance_id)
+            self._metadata_for(instance_id).rebalance = {"noticeTime": utc_iso(datetime.now(timezone.utc))}
+
+    def lose(self, instance_id: str, spot_status: str = "system-error") -> None:
+        """An infrastructure loss: killed at once, terminated with ``Server.InternalError``, no notice."""
+        with self._runner_lock:
+            self._require_running(instance_id)
+            self._terminate_by_service(instance_id, INTERNAL_ERROR, spot_status)
+
+    def _require_running(self, instance_id: str) -> None:
+        state = self.instance_state(instance_id)
+        if state != "running":
+            raise ValueError(f"{instance_id} is {state}, not running")
+
+    def _metadata_for(self, instance_id: str) -> _Metadata:
+        if instance_id not in self._metadata:
+            with self._state_lock:
+                view = _snapshot(self.ec2_backend.get_instance(instance_id))
+            self._metadata[instance_id] = _Metadata(
+                instance_id=instance_id, zone=view.zone, region=self.region, instance_type=view.instance_type,
+                lifecycle=view.lifecycle, image_id=view.image_id, user_data=view.user_data,
+            )
+        return self._metadata[instance_id]
+
+    def _spot_request_of(self, instance_id: str) -> Any:
+        for request in list(self.ec2_backend.spot_instance_requests.values()):
+            if getattr(getattr(request, "instance", None), "id", None) == instance_id:
+                return request
+        return None
+
+    def _terminate_by_service(self, instance_id: str, reason: tuple[str, str], spot_status: str) -> None:
+        """Kill the VM first (nothing it does may land after "terminated"), then record the cloud's facts."""
+        self._due.pop(instance_id, None)
+        if vm := self._vms.get(instance_id):
+            self._end_vm(vm)
+        with self._state_lock:
+            instance = self.ec2_backend.get_instance(instance_id)
+            if instance._state.name != "terminated":
+                instance.terminate()
+            instance.state_reason = StateReason(reason[1], reason[0])
+            instance._reason = f"Service initiated ({datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} GMT)"
+            if request := self._spot_request_of(instance_id):
+                _set_spot_status(request, spot_status, "closed")
+
+    # ---- moto server + middleware ----------------------------------------------------------------
+
+    def _start_moto(self) -> BaseWSGIServer:
+        app = DomainDispatcherApplication(create_backend_app)
+        self._app = app
+        server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+                         name="fake-aws-moto").start()
+        return server
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        params = _request_params(environ)
+        action = params.get("Action", "")
+        if action:
+            with self._counts_lock:
+                self._counts[action] += 1
+        with self._state_lock:
+            if action and _is_ec2(environ, params):
+                response = self._ec2_request(environ, action, params)
+            else:
+                response = self._call_moto(environ)
+        start_response(response.status, response.headers)
+        return [response.body]
+
+    def _ec2_request(self, environ: dict[str, Any], action: str, params: dict[str, str]) -> _Response:
+        if self._throttles.get(action):
+            self._throttles[action] -= 1
+            return ec2_error("RequestLimitExceeded", "Request limit exceeded.")
+        if action != "RunInstances":
+            return self._call_moto(environ)
+        token = params.get("ClientToken")
+        if token and token in self._tokens:
+            first_params, first_response = self._tokens[token]
+            if first_params != params:
+                return ec2_error("IdempotentParameterMismatch", "Arguments on this idempotent request are "
+                                 "inconsistent with arguments used in previous request(s).")
+            return first_response
+        if failure := self._injected_failure(params):
+            return failure
+        response = self._call_moto(environ)
+        if response.ok:
+            response = self._link_spot_requests(response, params)
+            if token:
+                self._tokens[token] = (params, response)
+        return response
+
+    def _injected_failure(self, params: dict[str, str]) -> _Response | None:
+        instance_type = params.get("InstanceType", "m1.small")  # moto's default type
+        zone = self._request_zone(params)
+        for rule in list(self._fail_rules):
+            if not rule.matches(instance_type, zone):
+                continue
+            token = params.get("ClientToken")
+            retry = bool(token) and token in rule.tokens
+            if rule.remaining is not None and not retry:
+                if rule.remaining <= 0:
+                    continue  # used up: only the retries of the calls it refused are still refused
+                rule.remaining -= 1
+            if token:
+                rule.tokens.add(token)
+            message = rule.message or _launch_error_message(rule.code, instance_type, zone, params)
+            return ec2_error(rule.code, message, rule.status)
+        return None
+
+    def _request_zone(self, params: dict[str, str]) -> str | None:
+        """The zone EC2 (and moto) would launch in: placement, else the subnet's zone, else moto's default."""
+        if zone := params.get("Placement.AvailabilityZone"):
+            return zone
+        subnet_id = params.get("SubnetId") or params.get("NetworkInterface.1.SubnetId")
+        if not subnet_id:
+            return f"{self.region}a"
+        try:
+            return self.ec2_backend.get_subnet(subnet_id).availability_zone
+        except InvalidSubnetIdError:
+            return None  # moto answers the launch with its own error
+
+    def _call_moto(self, environ: dict[str, Any]) -> _Response:
+        captured: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
+            captured.update(status=status, headers=list(headers))
+            return chunks.append
+
+        result = self._app(environ, start_response)
+        try:
+            chunks.extend(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        return _Response(captured["status"], captured["headers"], b"".join(chunks))
+
+    def _link_spot_requests(self, response: _Response, params: dict[str, str]) -> _Response:
+        """Give each spot instance of a fresh reservation the spot request EC2 would have created."""
+        match = re.search(rb"<reservationId>([^<]+)</reservationId>", response.body)
+        reservation = self.ec2_backend.reservations.get(match.group(1).decode()) if match else None
+        if reservation is None:
+            return response
+        options = {key.rsplit(".", 1)[1]: value for key, value in params.items()
+                   if key.startswith("InstanceMarketOptions.SpotOptions.")}
+        tags = _tag_specs(params)
+        body = response.body
+        for instance in reservation.instances:
+            if instance.lifecycle != "spot":
+                continue
+            request = _LinkedSpotRequest(self.ec2_backend, instance, options, tags)
+            self.ec2_backend.spot_instance_requests[request.id] = request
+            instance.spot_instance_request_id = request.id  # serialised as SpotInstanceRequestId
+            marker = f"<instanceId>{instance.id}</instanceId>".encode()
+            added = f"<spotInstanceRequestId>{request.id}</spotInstanceRequestId>".encode()
+            body = body.replace(marker, marker + added)
+        return response.with_body(body)
+
+    # ---- VM runner --------------------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        tick = 0
+        while not self._stop.wait(self.poll_interval):
+            tick += 1
+            try:
+                self._tick(track=tick % 3 == 0)
+            except Exception as exc:  # noqa: BLE001 - the runner must outlive a bad tick; tests read runner_errors
+                log.exception("fake AWS runner tick failed")
+                self.runner_errors.append(repr(exc))
+
+    def _tick(self, track: bool) -> None:
+        with self._runner_lock:
+            if self._stop.is_set():
+                return
+            self._fire_due_kills()
+            with self._state_lock:
+                views = {i.id: _snapshot(i) for i in self.ec2_backend.all_instances()}
+                self._close_requests_of_terminated()
+            for view in views.values():
+                self._step(view, track)
+            for vm in self._vms.values():
+                if not vm.ended and vm.instance_id not in views:
+                    self._end_vm(vm)
+
+    def _step(self, view: _InstanceView, track: bool) -> None:
+        vm = self._vms.get(view.instance_id)
+        if vm is None:
+            if view.state == "running" and view.user_data is not None:
+                self._boot(view)
+            return
+        if vm.ended:
+            return
+        if view.state != "running":
+            self._end_vm(vm)
+        elif (vm.vmdir / "shutdown-requested").exists():
+            self._instance_shutdown(vm)
+        else:
+            self._sync_data_link(vm.root, view.data_volume)
+            if track:
+                self._track_descendants(vm)
+
+    def _fire_due_kills(self) -> None:
+        now = time.monotonic()
+        for instance_id, due in list(self._due.items()):
+            if due.at <= now:
+                self._terminate_by_service(instance_id, SPOT_TERMINATION, due.spot_status)
+
+    def _close_requests_of_terminated(self) -> None:
+        """EC2 closes a one-time spot request when its instance is terminated by the user."""
+        for request in list(self.ec2_backend.spot_instance_requests.values()):
+            instance = getattr(request, "instance", None)
+            if request.state == "active" and instance is not None and instance._state.name == "terminated":
+                _set_spot_status(request, "instance-terminated-by-user", "closed")
+
+    def _boot(self, view: _InstanceView) -> None:
+        vmdir = self.vm_dir(view.instance_id)
+        root = vmdir / "root"
+        root.mkdir(parents=True, exist_ok=True)
+        (vmdir / "user-data").write_bytes(view.user_data or b"")
+        metadata = self._metadata_for(view.instance_id)
+        imds = _start_imds(metadata)
+        env = self._vm_env(vmdir, imds.server_port)
+        self._sync_data_link(root, view.data_volume)
+        with open(vmdir / "console.log", "ab") as console:
+            proc = subprocess.Popen(
+                ["bash", str(vmdir / "user-data")], cwd=root, env=env, stdin=subprocess.DEVNULL,
+                stdout=console, stderr=subprocess.STDOUT, start_new_session=True,  # the VM: its own session
+            )
+        self._vms[view.instance_id] = _Vm(view.instance_id, vmdir, imds, proc)
+
+    def _vm_env(self, vmdir: Path, imds_port: int) -> dict[str, str]:
+        shims = self._write_shims(vmdir)
+        path = os.pathsep.join([str(shims), os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
+        # CI runs as root: the real shutdown must be unreachable before anything is started.
+        for command in SHUTDOWN_COMMANDS:
+            found = shutil.which(command, path=path)
+            if found != str(shims / command):
+                raise RuntimeError(f"{command} resolves to {found}, not the shim in {shims}")
+        root = vmdir / "root"
+        return {
+            "PATH": path,
+            "HOME": str(root),
+            "SPOT_ROOT": str(root),
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{imds_port}/",
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "instance-role",  # stands for the instance profile's credentials
+            "AWS_SECRET_ACCESS_KEY": "instance-role",
+            "AWS_DEFAULT_REGION": self.region,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    @staticmethod
+    def _write_shims(vmdir: Path) -> Path:
+        shims = vmdir / "bin"
+        shims.mkdir(parents=True, exist_ok=True)
+        request_file = shlex.quote(str(vmdir / "shutdown-requested"))
+        for command in SHUTDOWN_COMMANDS:
+            shim = shims / command
+            shim.write_text(f'#!/bin/sh\necho "{command} $*" >> {request_file}\nexit 0\n')
+            shim.chmod(0o755)
+        return shims
+
+    def _sync_data_link(self, root: Path, volume_id: str | None) -> None:
+        """``root/data`` is the volume attached at the data device, and nothing when none is."""
+        link = root / "data"
+        if volume_id is None:
+            if link.is_symlink():
+                link.unlink()
+            return
+        target = self.volume_dir(volume_id)
+        target.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            return
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            return  # the VM made a real directory there; leave its files alone
+        link.symlink_to(target, target_is_directory=True)
+
+    def _instance_shutdown(self, vm: _Vm) -> None:
+        """``shutdown`` from inside the VM: stop everything, then apply the shutdown behaviour."""
+        self._end_vm(vm)
+        with self._state_lock:
+            instance = self.ec2_backend.get_instance(vm.instance_id)
+            if instance._state.name != "running":
+                return
+            if instance.instance_initiated_shutdown_behavior == "terminate":
+                instance.terminate()
+            else:
+                instance.stop()
+            instance.state_reason = StateReason(INSTANCE_SHUTDOWN[1], INSTANCE_SHUTDOWN[0])
+
+    def _track_descendants(self, vm: _Vm) -> None:
+        try:
+            children = psutil.Process(vm.proc.pid).children(recursive=True)
+        except psutil.Error:
+            return
+        for child in children:
+            try:
+                vm.tracked.setdefault(child.pid, child.create_time())
+            except psutil.Error:
+                continue
+
+    def _members(self, vm: _Vm) -> list[psutil.Process]:
+        """Live processes of a VM: its session and process group, plus descendants seen earlier."""
+        vm.proc.poll()  # reap the leader so it does not linger as a zombie
+        found: dict[int, psutil.Process] = {}
+        for pid in psutil.pids():
+            try:
+                if os.getsid(pid) == vm.proc.pid or os.getpgid(pid) == vm.proc.pid:
+                    found[pid] = psutil.Process(pid)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                continue
+        for pid, created in vm.tracked.items():
+            try:
+                proc = psutil.Process(pid)
+                if proc.create_time() == created:
+                    found[pid] = proc
+            except psutil.Error:
+                continue
+        return [proc for proc in found.values() if _alive(proc)]
+
+    def _end_vm(self, vm: _Vm) -> None:
+        """The VM is gone: SIGKILL all its processes and stop its metadata server; its disks stay."""
+        if not vm.ended:
+            try:
+                os.killpg(vm.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for proc in self._members(vm):
+            try:
+                proc.kill()
+            except psutil.Error:
+                continue
+        try:
+            vm.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.warning("VM %s leader %s did not exit after SIGKILL", vm.instance_id, vm.proc.pid)
+        if not vm.ended:
+            vm.imds.shutdown()
+            vm.imds.server_close()
+            vm.ended = True
+
+    def _end_all_vms(self) -> None:
+        for vm in self._vms.values():
+            self._end_vm(vm)

@@ -1,0 +1,284 @@
+"""The AWS backend end to end against moto: real boto3/aiobotocore through the amazon provider's hooks,
+real user data run as local "VMs" with a fake IMDS, real agent and training, S3 from moto."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from airflow_spot_provider.backends.base import InstanceState, JobIdentity, LaunchRequest, classify
+from airflow_spot_provider.checkpoints.store import CheckpointStore
+
+from .aws_cloud import FakeAws
+from .e2e import assert_bit_identical, baseline_model, run_job, train_command
+
+CONN_ID = "spot_aws"
+BUCKET = "ckpt"
+SECRET = "conn-secret-7f3a9c1e-marker"
+TYPES = ["m5.large", "c5.xlarge"]
+ZONES = ["us-east-1a", "us-east-1b"]
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory):
+    with FakeAws(tmp_path_factory.mktemp("aws")) as fake:
+        name, value = fake.airflow_conn(CONN_ID, password=SECRET)
+        os.environ[name] = value
+        fake.client("s3").create_bucket(Bucket=BUCKET)
+        yield fake
+        os.environ.pop(name, None)
+    assert not fake.processes_alive()
+
+
+@pytest.fixture
+def ami(aws) -> str:
+    return aws.client("ec2").describe_images()["Images"][0]["ImageId"]
+
+
+def options(**extra):
+    # The "image" is this Python environment: the agent is installed already (agent_install=[]).
+    return {"region_name": "us-east-1", "python": sys.executable, "agent_install": [], "wait_timeout": 60, **extra}
+
+
+def backend(**extra):
+    from airflow_spot_provider.backends.aws import AwsBackend
+
+    return AwsBackend(conn_id=CONN_ID, **options(**extra))
+
+
+def request(ami: str, prefix: str, command: list[str], attempt: int = 1, **kw) -> LaunchRequest:
+    return LaunchRequest(
+        identity=JobIdentity("dag", "run", prefix, -1, "nonce"), attempt=attempt, command=command, resume_args=[],
+        env={}, checkpoint_uri=f"s3://{BUCKET}/{prefix}/", checkpoint_pattern=r"(?P<step>\d+)",
+        sync_interval=kw.pop("sync_interval", 0.5),
+        instance_type=kw.pop("instance_type", "m5.large"), zone=kw.pop("zone", "us-east-1a"), image=ami, **kw,
+    )
+
+
+def wait_for(predicate, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def leftovers(aws: FakeAws, task_id: str) -> list[str]:
+    """Every instance that is not terminated, and every volume, carrying this job's tags."""
+    ec2 = aws.client("ec2")
+    flt = [{"Name": "tag:spot-task-id", "Values": [task_id]}]
+    instances = [i["InstanceId"] for r in ec2.describe_instances(Filters=flt)["Reservations"] for i in r["Instances"]
+                 if i["State"]["Name"] != "terminated"]
+    volumes = [v["VolumeId"] for v in ec2.describe_volumes(Filters=flt)["Volumes"]]
+    return instances + volumes
+
+
+class Chaos(threading.Thread):
+    """Reclaims attempts like the spot market: ``plan[attempt] = (seconds after it is running, notice or None)``."""
+
+    def __init__(self, aws: FakeAws, task_id: str, plan: dict[int, tuple[float, float | None]]) -> None:
+        super().__init__(daemon=True)
+        self.aws, self.task_id, self.plan = aws, task_id, plan
+        self.seen: dict[str, float] = {}
+        self.done: set[str] = set()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        ec2 = self.aws.client("ec2")
+        flt = [{"Name": "tag:spot-task-id", "Values": [self.task_id]}, {"Name": "tag:spot-role", "Values": ["attempt"]},
+               {"Name": "instance-state-name", "Values": ["running"]}]
+        while not self.stop.is_set():
+            for r in ec2.describe_instances(Filters=flt)["Reservations"]:
+                for inst in r["Instances"]:
+                    iid = inst["InstanceId"]
+                    attempt = int({t["Key"]: t["Value"] for t in inst["Tags"]}["spot-attempt"])
+                    running_for = time.monotonic() - self.seen.setdefault(iid, time.monotonic())
+                    if attempt in self.plan and iid not in self.done and running_for >= self.plan[attempt][0]:
+                        self.done.add(iid)
+                        self.aws.preempt(iid, notice_seconds=self.plan[attempt][1])
+            time.sleep(0.2)
+
+
+def aws_job(tmp_path: Path, task_id: str, ami: str, **kw):
+    return dict(backend="aws", conn_id=CONN_ID, checkpoint_uri=f"s3://{BUCKET}/{task_id}/",
+                machine={"instance_types": TYPES[:1], "zones": ZONES, "image": ami}, backend_options=options(), **kw)
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_preempted_twice_backup_saved_resumed_bit_identical(aws, ami, tmp_path, dataset):
+    command = train_command(dataset, epochs=8, epoch_seconds=0.7)
+    # 1st: a 2-minute-style notice (here 1.5 s): the job saves and the agent syncs. 2nd: no notice at all and
+    # a long sync interval, so the newest checkpoints exist only on the dead VM's EBS volume.
+    chaos = Chaos(aws, "train", {1: (3.0, 1.5), 2: (4.0, None)})
+    chaos.start()
+    try:
+        result = run_job("aws_two_preemptions", tmp_path, command, max_preemptions=3, poll_interval=0.3,
+                         **{**aws_job(tmp_path, "train", ami), "sync_interval": 1.0})
+    finally:
+        chaos.stop.set()
+    assert result["state"] == "success" and result["try_number"] == 1
+    attempts = result["summary"]["attempts"]
+    assert [a["status"] for a in attempts] == ["preempted", "preempted", "succeeded"]
+    # After the notice the job saved and the agent powered the VM off before EC2's deadline: the notice decides.
+    assert attempts[0]["reason"].startswith("interruption notice")
+    assert "Server.SpotInstanceTermination" in attempts[1]["reason"]  # no notice: EC2's state reason decides
+    assert attempts[1]["backup_save"]["uploaded"]  # the helper instance recovered files from the EBS volume
+    assert attempts[0]["notice_at"] is not None and attempts[1]["notice_at"] is None
+    for before, after in zip(attempts, attempts[1:], strict=False):
+        assert after["restored_from"] == before["last_checkpoint"] is not None
+    assert all(a["price_per_hour"] and a["on_demand_price_per_hour"] == 0.096 for a in attempts)
+    assert all(a["market"] == "spot" and a["instance_type"] == "m5.large" for a in attempts)
+    store = CheckpointStore.from_uri(f"s3://{BUCKET}/train/", endpoint_url=aws.endpoint, key="x", secret="x")
+    model = tmp_path / "model.npz"
+    model.write_bytes(store.fs.cat_file(store.path("model.npz")))
+    assert_bit_identical(model, baseline_model(tmp_path, command))
+    assert leftovers(aws, "train") == []
+
+
+def test_no_notice_no_final_sync_helper_backup_save_recovers(aws, ami, tmp_path):
+    """A VM killed without warning before any sync: only the helper instance can save its files."""
+    be = backend()
+    script = ("import os, pathlib, time\n"
+              "d = pathlib.Path(os.environ['SPOT_CHECKPOINT_DIR'])\n"
+              "for step in (1, 2, 3):\n"
+              "    (d / f'ckpt-{step:08d}').write_bytes(os.urandom(2048) + bytes([step]))\n"
+              "time.sleep(600)\n")
+    req = request(ami, "nonotice", [sys.executable, "-c", script], sync_interval=600)
+    facts = be.launch(req)
+    volume_dir = wait_for(lambda: [d for d in aws.root.joinpath("volumes").glob("*/checkpoints/ckpt-00000003")])[0]
+    aws.preempt(facts.instance_id, notice_seconds=None)
+    aws.wait_gone(facts.instance_id)
+    store = CheckpointStore.from_uri(req.checkpoint_uri, endpoint_url=aws.endpoint, key="x", secret="x")
+    assert store.read_manifest().files == {}  # nothing reached S3 from the VM itself
+    dead = asyncio.run(be.describe([facts.instance_id]))[facts.instance_id]
+    assert dead.state is InstanceState.TERMINATED and dead.preempted
+    assert classify(dead, store.read_markers(1)).status.value == "preempted"
+
+    be.terminate(facts.instance_id)
+    started = be.backup_save(facts.instance_id, store, 1, r"(?P<step>\d+)")
+    assert started.helper_id and started.helper_id != facts.instance_id
+    marker = wait_for(lambda: store.read_markers(1).get("backup-save"), 60)
+    result = be.finish_backup_save(facts.instance_id, started.helper_id, marker)
+    assert result.error is None and result.latest == "ckpt-00000003"
+    for name in ("ckpt-00000001", "ckpt-00000002", "ckpt-00000003"):
+        assert store.fs.cat_file(store.path(name)) == (volume_dir.parent / name).read_bytes()
+    be.release(facts.instance_id)
+    assert leftovers(aws, "nonotice") == []
+
+
+def test_capacity_error_moves_to_next_zone_and_throttling_is_retried(aws, ami):
+    be = backend()
+    aws.fail_launch("InsufficientInstanceCapacity", instance_type="m5.large", zone="us-east-1a")
+    try:
+        from airflow_spot_provider.backends.base import LaunchError
+
+        with pytest.raises(LaunchError) as err:
+            be.launch(request(ami, "capacity", [sys.executable, "-c", "pass"]))
+        assert err.value.code == "InsufficientInstanceCapacity" and err.value.move_on
+        # The operator's next call goes to the next placement, with its own launch token.
+        facts = be.launch(request(ami, "capacity", [sys.executable, "-c", "pass"], zone="us-east-1b", launch_try=1))
+        assert facts.zone == "us-east-1b"
+    finally:
+        aws.clear_failures()
+    aws.throttle(times=1)
+    before = aws.calls["RunInstances"]
+    facts = be.launch(request(ami, "throttled", [sys.executable, "-c", "pass"]))
+    assert facts.state in (InstanceState.PENDING, InstanceState.RUNNING)
+    assert aws.calls["RunInstances"] - before == 2  # refused once, retried by the client
+    for prefix in ("capacity", "throttled"):
+        for inst in be._by_tags(**{"spot-task-id": prefix}):
+            be.terminate(inst["InstanceId"])
+            be.release(inst["InstanceId"])
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_job_waits_for_capacity_on_a_timer_then_lands(aws, ami, tmp_path, dataset):
+    # Every placement is refused once: one full round, then a timer deferral (no worker slot), then it lands.
+    aws.fail_launch("InsufficientInstanceCapacity", times=2)
+    try:
+        result = run_job("aws_capacity_wait", tmp_path, train_command(dataset, epochs=2), poll_interval=0.3,
+                         capacity_retry_delay=0.5, **aws_job(tmp_path, "capacity_job", ami))
+    finally:
+        aws.clear_failures()
+    assert result["state"] == "success"
+    (attempt,) = result["summary"]["attempts"]
+    assert [e["zone"] for e in attempt["launch_errors"]] == ZONES
+    assert attempt["capacity_waits"] == 1 and attempt["status"] == "succeeded"
+    assert leftovers(aws, "capacity_job") == []
+
+
+def test_repeated_launch_with_the_same_identity_creates_one_instance(aws, ami):
+    be = backend()
+    req = request(ami, "idem", [sys.executable, "-c", "import time; time.sleep(30)"])
+    first = be.launch(req)
+    again = be.launch(req)
+    retried = be.launch(LaunchRequest(**{**req.__dict__, "launch_try": 3}))
+    assert first.instance_id == again.instance_id == retried.instance_id
+    assert be.find(req).instance_id == first.instance_id
+    assert len(be._by_tags(**{"spot-task-id": "idem"})) == 1
+    be.terminate(first.instance_id)
+    be.release(first.instance_id)
+    assert leftovers(aws, "idem") == []
+
+
+def test_lost_instance_is_lost_not_preempted(aws, ami):
+    be = backend()
+    facts = be.launch(request(ami, "lost", [sys.executable, "-c", "import time; time.sleep(30)"]))
+    aws.lose(facts.instance_id)
+    aws.wait_gone(facts.instance_id)
+    dead = asyncio.run(be.describe([facts.instance_id, "i-0123456789abcdef0"]))
+    assert dead[facts.instance_id].state is InstanceState.TERMINATED and not dead[facts.instance_id].preempted
+    assert classify(dead[facts.instance_id], {}).status.value == "lost"
+    assert dead["i-0123456789abcdef0"].state is InstanceState.MISSING
+    be.terminate(facts.instance_id)
+    be.release(facts.instance_id)
+
+
+def test_user_data_carries_no_secret_and_quotes_the_command(aws, ami):
+    be = backend()
+    nasty = ["python", "-c", "print('x')", "; rm -rf / #", "$(id)", "`whoami`"]
+    text = be.user_data(request(ami, "secret", nasty))
+    assert SECRET not in text and "instance-role" not in text
+    # The command reaches the VM inside a quoted heredoc of JSON: no shell expansion of its words.
+    assert "<<'SPOT_JSON_EOF'" in text and '"; rm -rf / #"' in text
+
+
+def test_two_hundred_watched_instances_one_describe_per_interval(aws, ami):
+    from airflow_spot_provider.triggers.poller import SharedPoller
+
+    ec2 = aws.client("ec2")
+    ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=ami, InstanceType="t3.micro", MinCount=200,
+                                                      MaxCount=200)["Instances"]]
+    interval = 0.25
+
+    async def watch_all() -> tuple[int, dict[str, int]]:
+        seen = dict.fromkeys(ids, 0)
+
+        async def one(instance_id: str) -> None:
+            poller = SharedPoller.for_backend(backend(), interval)
+            async with poller.watch(instance_id) as updates:
+                async for facts in updates:
+                    assert facts.state is InstanceState.RUNNING
+                    seen[instance_id] += 1
+
+        aws.reset_calls()
+        tasks = [asyncio.create_task(one(i)) for i in ids]
+        while min(seen.values()) < 4:  # every watcher got four fresh updates
+            await asyncio.sleep(0.05)
+        calls = aws.calls["DescribeInstances"]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return calls, seen
+
+    calls, seen = asyncio.run(asyncio.wait_for(watch_all(), 120))
+    # One call per poll round for all 200 (a round in flight may have started): not 200 per round.
+    assert max(seen.values()) <= calls <= max(seen.values()) + 1
+    ec2.terminate_instances(InstanceIds=ids)
