@@ -108,6 +108,9 @@ class JobRecord:
     attempts: int = 0
     #: Epoch second by which each try (by try number) must finish (``job_timeout``).
     deadlines: dict[str, float] = field(default_factory=dict)
+    #: The attempt numbers of this job, in order. Numbers are unique per checkpoint prefix, so a job that
+    #: continues from an older run's prefix starts after that run's numbers (``attempts`` is the last one).
+    numbers: list[int] = field(default_factory=list)
 
 
 class Ledger:
@@ -141,17 +144,20 @@ class Ledger:
         return self._attempts[number]
 
     def attempts(self) -> list[AttemptRecord]:
-        return [a for n in range(1, self.job.attempts + 1) if (a := self.attempt(n)) is not None]
+        numbers = self.job.numbers or range(1, self.job.attempts + 1)
+        return [a for n in numbers if (a := self.attempt(n)) is not None]
 
     @property
     def current(self) -> AttemptRecord | None:
         return self.attempt(self.job.attempts) if self.job.attempts else None
 
-    def new_attempt(self, try_number: int, backend: str, token_for: Any) -> AttemptRecord:
-        """Record the next attempt *before* it is launched (crash safety: decision 2)."""
-        number = self.job.attempts + 1
+    def new_attempt(self, try_number: int, backend: str, token_for: Any, after: int = 0) -> AttemptRecord:
+        """Record the next attempt *before* it is launched (crash safety: decision 2). Its number follows
+        this job's last one and ``after`` (the last number its checkpoint prefix has seen)."""
+        number = max(self.job.attempts, after) + 1
         record = AttemptRecord(attempt=number, try_number=try_number, backend=backend, token=token_for(number))
         self.save(record)
+        self.job.numbers = [*(self.job.numbers or range(1, self.job.attempts + 1)), number]
         self.job.attempts = number
         self._save_job()
         return record

@@ -91,3 +91,16 @@ def test_example_dags_parse_without_errors():
     bag = DagBag(dag_folder=str(REPO / "dags_examples"))
     assert not bag.import_errors
     assert {"spot_weekly_retraining", "spot_reentrant_training"} <= set(bag.dag_ids)
+
+
+def test_a_new_run_on_the_same_prefix_continues_after_the_old_attempts(tmp_path, dataset, state_dir):
+    """Reusing a checkpoint prefix continues training: the new run's attempts are numbered after the old
+    run's (markers never collide, the fence never refuses it) and it resumes from the old checkpoint."""
+    options = {"backend_options": {"state_dir": str(state_dir)}}
+    first = run_job("e2e_reuse_prefix", tmp_path, train_command(dataset, epochs=2), **options)
+    second = run_job("e2e_reuse_prefix", tmp_path, train_command(dataset, epochs=3), **options)
+    assert first["state"] == second["state"] == "success"
+    (old,) = first["summary"]["attempts"]
+    (new,) = second["summary"]["attempts"]
+    assert (old["attempt"], new["attempt"]) == (1, 2)
+    assert new["restored_from"] == old["last_checkpoint"] is not None

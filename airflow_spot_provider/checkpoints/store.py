@@ -322,6 +322,20 @@ class CheckpointStore:
         text = self._read_text(FENCE)
         return int(json.loads(text)["attempt"]) if text else 0
 
+    def last_attempt(self) -> int:
+        """The highest attempt number this prefix has seen: fence, manifest entries, marker directories.
+
+        Attempt numbers are unique per prefix, not per task: a new DAG run that reuses the prefix (to
+        continue from its checkpoints) numbers its attempts after these, so its markers never collide with
+        an older run's and the fence never refuses it.
+        """
+        try:
+            names = self.fs.ls(self.path(f"{CONTROL_DIR}/attempts"), detail=False)
+        except FileNotFoundError:
+            names = []
+        dirs = [int(n) for n in (posixpath.basename(str(p).rstrip("/")) for p in names) if n.isdigit()]
+        return max([self.read_fence(), self.read_manifest().newest_attempt(), *dirs])
+
     def raise_fence(self, attempt: int) -> int:
         """Fence off every attempt below ``attempt``; the fence only ever goes up. Returns the fence.
 

@@ -185,7 +185,7 @@ class SpotTrainingOperator(BaseOperator):
         spec = self._spec()
         identity = self._identity(context, ledger)
         try_number = context["ti"].try_number
-        record = ledger.new_attempt(try_number, self.backend, identity.token)
+        record = ledger.new_attempt(try_number, self.backend, identity.token, after=self._store(spec).last_attempt())
         record.market = spec.machine.market_for(ledger.preemptions_in_try(try_number))
         ledger.save(record)
         return self._launch(context, ledger, record)
