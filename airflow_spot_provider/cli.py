@@ -1,6 +1,7 @@
 """``airflow-spot``: chaos (``preempt``), visibility (``status``) and cleanup (``sweep``).
 
-Works on the local backend's state directory without importing Airflow, so it answers at once.
+``preempt`` and ``status`` work on the local backend's state directory without importing Airflow, so
+they answer at once; ``sweep`` asks Airflow's metadata database which jobs are still live, on any backend.
 """
 
 from __future__ import annotations
@@ -72,21 +73,40 @@ def cmd_status(backend: LocalBackend, args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_backends(args: argparse.Namespace) -> list:
+    from airflow_spot_provider.backends import get_backend
+
+    options: dict[str, Any] = {}
+    for pair in args.option or []:
+        key, _, value = pair.partition("=")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    if args.backend == "local":
+        options.setdefault("state_dir", args.state_dir or default_state_dir())
+    return [get_backend(args.backend, options, conn_id=args.conn_id)]
+
+
 def cmd_sweep(backend: LocalBackend, args: argparse.Namespace) -> int:
-    """Leftovers: disks of finished attempts, and (with --include-running) attempts still running."""
-    found = [item for item in backend.list_instances()
-             if (_live(item) and args.include_running) or (item["disk"] and not _live(item))]
+    """Leftovers of jobs that are no longer live in Airflow (asked through its metadata database)."""
+    from airflow_spot_provider.sweep import airflow_db_liveness, sweep
+
+    if args.no_airflow:
+        is_live = None
+    else:
+        try:
+            is_live = airflow_db_liveness(args.heartbeat_seconds)
+        except Exception as err:  # noqa: BLE001 - any failure to reach Airflow means: delete nothing
+            print(f"sweep: cannot ask Airflow which jobs are live ({err}); nothing was deleted. "
+                  "Use --no-airflow to remove only the disks of finished attempts.", file=sys.stderr)
+            return 2
+    found = 0
+    for target in _sweep_backends(args):
+        found += sweep(target, is_live, args.delete, print)
     if not found:
         print("nothing to sweep")
-        return 0
-    for item in found:
-        what = "running attempt" if _live(item) else "disk of a finished attempt"
-        verb = "deleting" if args.delete else "would delete"
-        print(f"{verb} {what} {item['instance_id']} ({_job(item)}, attempt {item['attempt']})")
-        if args.delete:
-            backend.terminate(item["instance_id"])
-            backend.release(item["instance_id"])
-    if not args.delete:
+    elif not args.delete:
         print("dry run: add --delete to remove these")
     return 0
 
@@ -104,11 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="running attempts (--all: every attempt on record)")
     status.add_argument("--all", action="store_true")
     status.add_argument("--json", action="store_true")
-    sweep = sub.add_parser("sweep", help="find (and with --delete remove) leftover attempts and disks")
-    sweep.add_argument("--delete", action="store_true")
-    sweep.add_argument("--include-running", action="store_true",
-                       help="also terminate attempts that are still running (only when their tasks are "
-                            "known to be gone: nothing here asks Airflow)")
+    sweep = sub.add_parser("sweep", help="find (and with --delete remove) VMs, disks and helpers of jobs that "
+                                         "are no longer live in Airflow")
+    sweep.add_argument("--delete", action="store_true", help="remove them (default: only print)")
+    sweep.add_argument("--backend", default="local", choices=("local", "aws", "gcp"))
+    sweep.add_argument("--conn-id", default=None, help="Airflow connection of the cloud API (aws/gcp)")
+    sweep.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help="backend option, e.g. region_name=us-east-1 (JSON values allowed); repeatable")
+    sweep.add_argument("--no-airflow", action="store_true",
+                       help="do not ask Airflow: only the disks of finished attempts are removed")
+    sweep.add_argument("--heartbeat-seconds", type=float, default=None,
+                       help="Airflow counts as down when no scheduler/triggerer heartbeat is this recent "
+                            "(default: [scheduler] scheduler_health_check_threshold)")
     return parser
 
 

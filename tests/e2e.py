@@ -23,12 +23,18 @@ def train_command(data: Path, epochs: int = 6, epoch_seconds: float = 0.0, extra
 
 def run_job(dag_id: str, tmp: Path, command: list[str], **operator_kwargs: Any) -> dict[str, Any]:
     """Run a one-task DAG (plus a collector of the XCom summary) with dag.test()."""
+    return run_dag({"dag_id": dag_id, "operator": {
+        "command": command, "checkpoint_uri": f"file://{tmp}/store/", "checkpoint_pattern": CKPT_PATTERN,
+        "poll_interval": 0.2, "sync_interval": 1.0, **operator_kwargs}}, tmp)
+
+
+def run_dag(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Write the DAG's spec where tests/dags/spot_e2e_dags.py reads it, then run it with dag.test()."""
     import importlib
 
+    dag_id = spec["dag_id"]
     out = tmp / f"{dag_id}.summary.json"
-    spec = {"dag_id": dag_id, "out": str(out), "operator": {
-        "command": command, "checkpoint_uri": f"file://{tmp}/store/", "checkpoint_pattern": CKPT_PATTERN,
-        "poll_interval": 0.2, "sync_interval": 1.0, **operator_kwargs}}
+    spec = {**spec, "out": str(out)}
     specs = Path(os.environ["SPOT_E2E_SPECS"])
     specs.mkdir(exist_ok=True)
     (specs / f"{dag_id}.json").write_text(json.dumps(spec))

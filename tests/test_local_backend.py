@@ -117,20 +117,42 @@ def test_job_environment_has_no_worker_secrets_unless_listed(tmp_path, local_bac
     assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
 
 
-def test_status_and_sweep(tmp_path, local_backend, capsys):
+def test_status_and_sweep_without_airflow_touches_only_finished_disks(tmp_path, local_backend, capsys):
     facts = local_backend.launch(request(tmp_path, SLEEPER))
     state = ["--state-dir", str(local_backend.state_dir)]
     assert cli([*state, "status"]) == 0
     assert facts.instance_id in capsys.readouterr().out
-    cli([*state, "sweep", "--delete"])  # a running attempt is not a leftover unless asked for
+    cli([*state, "sweep", "--no-airflow", "--delete"])  # without Airflow's word a running attempt stays
     assert "nothing to sweep" in capsys.readouterr().out
     assert local_backend._facts(facts.instance_id).state is InstanceState.RUNNING
     local_backend.terminate(facts.instance_id)
-    assert cli([*state, "sweep"]) == 0
-    assert "would delete disk of a finished attempt" in capsys.readouterr().out
-    assert cli([*state, "sweep", "--delete"]) == 0
-    cli([*state, "sweep"])
+    assert cli([*state, "sweep", "--no-airflow"]) == 0
+    assert "would delete disk of attempt" in capsys.readouterr().out
+    assert cli([*state, "sweep", "--no-airflow", "--delete"]) == 0
+    cli([*state, "sweep", "--no-airflow"])
     assert "nothing to sweep" in capsys.readouterr().out
+
+
+def test_sweep_asks_airflow_and_spares_live_jobs(tmp_path, local_backend, capsys, airflow_db):
+    from airflow_spot_provider.sweep import JobKey, find_leftovers, sweep
+
+    running = local_backend.launch(request(tmp_path, SLEEPER))
+    other = local_backend.launch(LaunchRequest(**{**request(tmp_path, SLEEPER).__dict__,
+                                                 "identity": JobIdentity("dag", "run", "other", -1, "n")}))
+    state = ["--state-dir", str(local_backend.state_dir)]
+    # No scheduler or triggerer heartbeats in this metadata DB: Airflow is down, every job is a leftover.
+    assert cli([*state, "sweep"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("would delete running attempt") == 2 and "Airflow is not running" in out
+    # The selection follows Airflow's answer per job: the live one is spared, the other removed.
+    verdicts = {"task": (True, ""), "other": (False, "its task is failed")}
+    leftovers = find_leftovers(local_backend, lambda key: verdicts[key.task_id])
+    assert [x.item["instance_id"] for x in leftovers] == [other.instance_id]
+    assert sweep(local_backend, lambda key: verdicts[key.task_id], True, print) == 1
+    assert local_backend._facts(other.instance_id).state is InstanceState.TERMINATED
+    assert local_backend._facts(running.instance_id).state is InstanceState.RUNNING
+    assert not find_leftovers(local_backend, lambda key: verdicts[key.task_id])
+    assert JobKey.from_tags({"spot-dag-id": "d"}) is None
 
 
 def test_random_market_is_reproducible_with_a_seed():
@@ -143,3 +165,15 @@ def test_random_market_is_reproducible_with_a_seed():
     assert scheduled_preemption({**market, "seed": 43}, 1) != draws[0]
     assert scheduled_preemption({"preempt_after": [None, 5]}, 1) is None
     assert scheduled_preemption({"preempt_after": [None, {"after": 5, "notice_seconds": 0}]}, 2) == (5.0, 0.0)
+
+
+def test_sweep_operator_in_a_dag_asks_airflow_through_the_task_sdk(tmp_path, local_backend, airflow_db):
+    from .e2e import run_dag
+
+    orphan = local_backend.launch(request(tmp_path, SLEEPER))  # its DAG run does not exist in Airflow
+    result = run_dag({"dag_id": "e2e_sweep", "sweep": {
+        "backend_options": {"state_dir": str(local_backend.state_dir)}, "delete": True}}, tmp_path)
+    assert result["state"] == "success"
+    assert result["summary"]["found"] == 1 and "its task is gone" in result["summary"]["lines"][0]
+    assert local_backend._facts(orphan.instance_id).state is InstanceState.TERMINATED
+    assert not (local_backend.instances / orphan.instance_id / "disk").exists()

@@ -11,6 +11,7 @@ import pendulum
 from airflow.sdk import DAG, task
 
 from airflow_spot_provider.operators.spot_training import SpotTrainingOperator
+from airflow_spot_provider.operators.sweep import SpotSweepOperator
 
 SPECS = Path(os.environ.get("SPOT_E2E_SPECS", "/nonexistent"))
 
@@ -18,7 +19,10 @@ SPECS = Path(os.environ.get("SPOT_E2E_SPECS", "/nonexistent"))
 def build(spec: dict) -> DAG:
     out = Path(spec["out"])
     with DAG(dag_id=spec["dag_id"], schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
-        train = SpotTrainingOperator(task_id="train", retry_delay=timedelta(seconds=1), **spec["operator"])
+        if "sweep" in spec:
+            train = SpotSweepOperator(task_id="train", **spec["sweep"])
+        else:
+            train = SpotTrainingOperator(task_id="train", retry_delay=timedelta(seconds=1), **spec["operator"])
 
         @task
         def collect(summary: dict) -> None:

@@ -1,0 +1,132 @@
+"""Find (and remove) what this provider left in a cloud whose Airflow job no longer runs.
+
+A VM, volume/disk or backup-save helper is a leftover when the task instance it belongs to (by its
+tags/labels) is not live in Airflow: finished, failed, removed, or its Airflow is down (no scheduler or
+triggerer heartbeat). A live job's resources are never touched: its operator may be between an
+attempt's end and the backup-save of its disk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from airflow_spot_provider.backends.base import SpotBackend
+
+#: Task-instance states in which the operator may still act on its resources.
+LIVE_STATES = frozenset({
+    "deferred", "running", "queued", "scheduled", "up_for_retry", "up_for_reschedule", "restarting",
+})
+LIVE_RUN_STATES = frozenset({"running", "queued"})
+
+
+@dataclass(frozen=True)
+class JobKey:
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> JobKey | None:
+        try:
+            map_index = int(tags.get("spot-map-index", -1))
+            return cls(tags["spot-dag-id"], tags["spot-run-id"], tags["spot-task-id"], map_index)
+        except (KeyError, ValueError):
+            return None
+
+    def label(self) -> str:
+        return f"{self.dag_id}/{self.run_id}/{self.task_id}" + (f"[{self.map_index}]" if self.map_index >= 0 else "")
+
+
+#: Answers "is this job live in Airflow?" with a reason when it is not.
+Liveness = Callable[[JobKey], tuple[bool, str]]
+
+
+@dataclass
+class Leftover:
+    item: dict[str, Any]
+    job: str
+    why: str
+
+    def describe(self) -> str:
+        item = self.item
+        if item.get("instance_id") is None:
+            what = f"volume {item.get('volume_id')}"
+        elif item["state"] in ("pending", "running"):
+            what = f"running {item.get('role', 'attempt')} {item['instance_id']}"
+        else:
+            what = f"disk of {item.get('role', 'attempt')} {item['instance_id']} ({item['state']})"
+        return f"{what} of {self.job} attempt {item.get('attempt')}: {self.why}"
+
+
+def find_leftovers(backend: SpotBackend, is_live: Liveness | None) -> list[Leftover]:
+    """``is_live`` None: Airflow is not asked (``--no-airflow``): only finished attempts' disks are leftovers."""
+    found = []
+    for item in backend.list_instances():
+        running = item.get("state") in ("pending", "running")
+        if not running and not item.get("disk"):
+            continue  # nothing of it is left
+        key = JobKey.from_tags(item.get("tags") or {})
+        label = key.label() if key else "an unknown job"
+        if is_live is None:
+            if not running:
+                found.append(Leftover(item, label, "finished, disk not released"))
+            continue
+        if key is None:
+            found.append(Leftover(item, label, "carries no job identity"))
+            continue
+        live, why = is_live(key)
+        if not live:
+            found.append(Leftover(item, label, why))
+    return found
+
+
+def airflow_db_liveness(heartbeat_seconds: float | None = None) -> Liveness:
+    """Ask the Airflow metadata database (the CLI's view; a task uses :func:`task_sdk_liveness`)."""
+    from airflow.configuration import conf
+    from airflow.jobs.job import Job
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils import timezone
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    threshold = heartbeat_seconds or conf.getfloat("scheduler", "scheduler_health_check_threshold", fallback=30.0)
+    with create_session() as session:
+        since = timezone.utcnow() - timedelta(seconds=threshold)
+        alive = session.scalar(select(func.count()).select_from(Job).where(
+            Job.job_type.in_(["SchedulerJob", "TriggererJob"]), Job.state == "running", Job.latest_heartbeat > since))
+
+    def is_live(key: JobKey) -> tuple[bool, str]:
+        if not alive:
+            return False, f"Airflow is not running (no scheduler/triggerer heartbeat in {threshold:g}s)"
+        with create_session() as session:
+            ti_state = session.scalar(select(TaskInstance.state).where(
+                TaskInstance.dag_id == key.dag_id, TaskInstance.run_id == key.run_id,
+                TaskInstance.task_id == key.task_id, TaskInstance.map_index == key.map_index))
+            run_state = session.scalar(select(DagRun.state).where(
+                DagRun.dag_id == key.dag_id, DagRun.run_id == key.run_id))
+        if run_state is None:
+            return False, "its DAG run no longer exists"
+        state = str(ti_state.value if hasattr(ti_state, "value") else ti_state) if ti_state is not None else None
+        if state in LIVE_STATES or (state is None and str(run_state) in LIVE_RUN_STATES):
+            return True, ""
+        return False, f"its task is {state or 'not scheduled'}"
+
+    return is_live
+
+
+def sweep(backend: SpotBackend, is_live: Liveness | None, delete: bool, say: Callable[[str], None]) -> int:
+    """Print (and with ``delete`` remove) the leftovers; returns how many were found."""
+    leftovers = find_leftovers(backend, is_live)
+    for leftover in leftovers:
+        say(f"{'deleting' if delete else 'would delete'} {leftover.describe()}")
+        if delete:
+            started = time.monotonic()
+            backend.sweep_delete(leftover.item)
+            say(f"  done in {time.monotonic() - started:.1f}s")
+    return len(leftovers)
