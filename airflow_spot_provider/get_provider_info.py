@@ -23,9 +23,15 @@ def get_provider_info() -> dict:
             }
         ],
         "operators": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_spot_provider.operators.spot_training"]}
+            {"integration-name": INTEGRATION, "python-modules": [
+                "airflow_spot_provider.operators.spot_training", "airflow_spot_provider.operators.sweep"]}
         ],
         "triggers": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_spot_provider.triggers.spot_job"]}
+            {"integration-name": INTEGRATION, "python-modules": [
+                "airflow_spot_provider.triggers.spot_job", "airflow_spot_provider.triggers.backup_save"]}
+        ],
+        "extra-links": [
+            "airflow_spot_provider.links.spot.SpotAttemptLink",
+            "airflow_spot_provider.links.spot.SpotCheckpointLink",
         ],
     }

@@ -113,10 +113,10 @@ def aws_job(tmp_path: Path, task_id: str, ami: str, **kw):
 
 @pytest.mark.usefixtures("airflow_db")
 def test_preempted_twice_backup_saved_resumed_bit_identical(aws, ami, tmp_path, dataset):
-    command = train_command(dataset, epochs=8, epoch_seconds=0.7)
+    command = train_command(dataset, epochs=12, epoch_seconds=0.7)
     # 1st: a 2-minute-style notice (here 1.5 s): the job saves and the agent syncs. 2nd: no notice at all and
     # a long sync interval, so the newest checkpoints exist only on the dead VM's EBS volume.
-    chaos = Chaos(aws, "train", {1: (3.0, 1.5), 2: (4.0, None)})
+    chaos = Chaos(aws, "train", {1: (2.5, 1.5), 2: (2.5, None)})
     chaos.start()
     try:
         result = run_job("aws_two_preemptions", tmp_path, command, max_preemptions=3, poll_interval=0.3,
@@ -140,6 +140,17 @@ def test_preempted_twice_backup_saved_resumed_bit_identical(aws, ami, tmp_path, 
     model.write_bytes(store.fs.cat_file(store.path("model.npz")))
     assert_bit_identical(model, baseline_model(tmp_path, command))
     assert leftovers(aws, "train") == []
+    # The task's extra links: the last attempt's EC2 console page and the S3 prefix.
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    ti = result["run"].get_task_instance("train")
+    with create_session() as session:
+        links = {key: XComModel.deserialize_value(session.scalars(XComModel.get_many(
+            run_id=ti.run_id, dag_ids=ti.dag_id, task_ids="train", key=key)).first())
+            for key in ("spot_attempt_url", "spot_checkpoint_url")}
+    assert links["spot_attempt_url"].endswith(f"instanceId={attempts[-1]['instance_id']}")
+    assert links["spot_checkpoint_url"] == "https://s3.console.aws.amazon.com/s3/buckets/ckpt?prefix=train/"
 
 
 def test_no_notice_no_final_sync_helper_backup_save_recovers(aws, ami, tmp_path):

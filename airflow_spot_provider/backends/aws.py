@@ -425,6 +425,9 @@ class AwsBackend(SpotBackend):
             return
         super().sweep_delete(item)
 
+    def console_url(self, instance_id: str) -> str | None:
+        return f"https://console.aws.amazon.com/ec2/home?region={self.region}#InstanceDetails:instanceId={instance_id}"
+
     def console_output(self, instance_id: str, tail: int = 20) -> list[str]:
         try:
             output = self.ec2.get_console_output(InstanceId=instance_id, Latest=True).get("Output") or ""

@@ -248,6 +248,10 @@ class SpotBackend(abc.ABC):
         """Reject machine settings this backend cannot satisfy (called at DAG parse time)."""
         return None
 
+    def console_url(self, instance_id: str) -> str | None:
+        """The cloud console page of an instance (the task's "Spot attempt" link)."""
+        return None
+
     def console_output(self, instance_id: str, tail: int = 20) -> list[str]:
         """The last lines the attempt printed, if the cloud keeps them."""
         return []

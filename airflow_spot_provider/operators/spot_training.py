@@ -41,6 +41,7 @@ from airflow_spot_provider.checkpoints.latest import latest_name, top_level
 from airflow_spot_provider.checkpoints.objectstorage import store_for
 from airflow_spot_provider.checkpoints.store import CheckpointStore
 from airflow_spot_provider.ledger import AttemptRecord, Ledger, format_attempt, format_totals
+from airflow_spot_provider.links.spot import SpotAttemptLink, SpotCheckpointLink, checkpoint_console_url
 from airflow_spot_provider.spec import DEFAULT_CHECKPOINT_PATTERN, JobSpec, SpotSpecError, machine_from, number
 from airflow_spot_provider.triggers.backup_save import BackupSaveTrigger
 from airflow_spot_provider.triggers.spot_job import SpotJobTrigger
@@ -81,6 +82,7 @@ class SpotTrainingOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("command", "checkpoint_uri", "resume_args", "env")
     ui_color = "#f5d76e"
+    operator_extra_links = (SpotAttemptLink(), SpotCheckpointLink())
 
     def __init__(
         self,
@@ -271,6 +273,8 @@ class SpotTrainingOperator(BaseOperator):
         }
 
     def _defer_watch(self, context: Context, ledger: Ledger, record: AttemptRecord, spec: JobSpec) -> None:
+        SpotAttemptLink.persist(context, self._backend().console_url(record.instance_id))
+        SpotCheckpointLink.persist(context, checkpoint_console_url(spec.checkpoint_uri))
         self.defer(trigger=SpotJobTrigger(**self._trigger_args(record, spec, record.instance_id)),
                    method_name="execute_complete", timeout=self._timeout(context, ledger))
 
