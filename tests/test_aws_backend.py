@@ -4,6 +4,8 @@ real user data run as local "VMs" with a fake IMDS, real agent and training, S3 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import sys
 import threading
@@ -70,6 +72,12 @@ def wait_for(predicate, timeout: float = 30.0):
     raise AssertionError("timed out")
 
 
+def ids(aws: FakeAws, task_id: str) -> list[str]:
+    flt = [{"Name": "tag:spot-task-id", "Values": [task_id]}]
+    return [i["InstanceId"] for r in aws.client("ec2").describe_instances(Filters=flt)["Reservations"]
+            for i in r["Instances"]]
+
+
 def leftovers(aws: FakeAws, task_id: str) -> list[str]:
     """Every instance that is not terminated, and every volume, carrying this job's tags."""
     ec2 = aws.client("ec2")
@@ -112,7 +120,7 @@ def aws_job(tmp_path: Path, task_id: str, ami: str, **kw):
 
 
 @pytest.mark.usefixtures("airflow_db")
-def test_preempted_twice_backup_saved_resumed_bit_identical(aws, ami, tmp_path, dataset):
+def test_preempted_twice_backup_saved_resumed_bit_identical(aws, ami, tmp_path, dataset, capfd):
     command = train_command(dataset, epochs=12, epoch_seconds=0.7)
     # 1st: a 2-minute-style notice (here 1.5 s): the job saves and the agent syncs. 2nd: no notice at all and
     # a long sync interval, so the newest checkpoints exist only on the dead VM's EBS volume.
@@ -151,6 +159,15 @@ def test_preempted_twice_backup_saved_resumed_bit_identical(aws, ami, tmp_path, 
             for key in ("spot_attempt_url", "spot_checkpoint_url")}
     assert links["spot_attempt_url"].endswith(f"instanceId={attempts[-1]['instance_id']}")
     assert links["spot_checkpoint_url"] == "https://s3.console.aws.amazon.com/s3/buckets/ckpt?prefix=train/"
+    # The connection's secret is in no user data (attempts and helper), task log, XCom or ledger entry.
+    ec2 = aws.client("ec2")
+    flt = [{"Name": "tag:spot-task-id", "Values": ["train"]}]
+    user_data = [base64.b64decode(ec2.describe_instance_attribute(InstanceId=i["InstanceId"], Attribute="userData")
+                                  ["UserData"]["Value"]).decode()
+                 for r in ec2.describe_instances(Filters=flt)["Reservations"] for i in r["Instances"]]
+    assert len(user_data) == 4  # three attempts and one backup-save helper
+    texts = [*user_data, json.dumps(result["summary"]), capfd.readouterr().out, *map(aws.console, ids(aws, "train"))]
+    assert not [t[:60] for t in texts if SECRET in t]
 
 
 def test_no_notice_no_final_sync_helper_backup_save_recovers(aws, ami, tmp_path):
