@@ -124,6 +124,8 @@ class MachineSpec:
     max_price_per_hour: float | None = None
     #: After this many preemptions in one try, later attempts run on-demand (None: never).
     on_demand_after_preemptions: int | None = None
+    #: When waiting for spot capacity would run past ``job_timeout``, launch on-demand instead of failing.
+    on_demand_if_late: bool = False
     image: str | None = None
     disk_gb: int = 50
 
@@ -138,6 +140,8 @@ class MachineSpec:
         if self.image is not None and (not isinstance(self.image, str) or not self.image):
             raise _fail("machine.image", "must be a non-empty string")
         number("machine.disk_gb", self.disk_gb, minimum=1, integer=True)
+        if not isinstance(self.on_demand_if_late, bool):
+            raise _fail("machine.on_demand_if_late", f"must be True or False, got {self.on_demand_if_late!r}")
 
     def placements(self) -> list[tuple[str | None, str | None]]:
         """Where to try, in order: each instance type in each zone (None: the backend's default)."""

@@ -247,6 +247,8 @@ class _FailRule:
     remaining: int | None
     message: str | None
     status: int | None
+    #: Refuse only spot launches (``InstanceMarketOptions``): "no spot capacity, on-demand is fine".
+    spot_only: bool = False
     #: Launch calls already refused: an SDK retry of one (same ClientToken) is refused again without
     #: counting, so ``times`` counts the caller's launch calls, not botocore's retries of them.
     tokens: set[str] = field(default_factory=set)
@@ -587,12 +589,13 @@ class FakeAws:
     # ---- request rules ---------------------------------------------------------------------------
 
     def fail_launch(self, code: str, instance_type: str | None = None, zone: str | None = None,
-                    times: int | None = None, message: str | None = None, status: int | None = None) -> None:
+                    times: int | None = None, message: str | None = None, status: int | None = None,
+                    spot_only: bool = False) -> None:
         """Matching RunInstances calls fail with EC2's ``code`` (``times=None``: until ``clear_failures``).
 
         ``times`` counts launch calls by ``ClientToken``: the SDK's own retries of a call are refused too."""
         with self._state_lock:
-            self._fail_rules.append(_FailRule(code, instance_type, zone, times, message, status))
+            self._fail_rules.append(_FailRule(code, instance_type, zone, times, message, status, spot_only))
 
     def clear_failures(self) -> None:
         with self._state_lock:
@@ -719,6 +722,8 @@ class FakeAws:
         zone = self._request_zone(params)
         for rule in list(self._fail_rules):
             if not rule.matches(instance_type, zone):
+                continue
+            if rule.spot_only and params.get("InstanceMarketOptions.MarketType") != "spot":
                 continue
             token = params.get("ClientToken")
             retry = bool(token) and token in rule.tokens

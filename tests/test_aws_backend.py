@@ -310,3 +310,21 @@ def test_two_hundred_watched_instances_one_describe_per_interval(aws, ami):
     # One call per poll round for all 200 (a round in flight may have started): not 200 per round.
     assert max(seen.values()) <= calls <= max(seen.values()) + 1
     ec2.terminate_instances(InstanceIds=ids)
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_no_spot_capacity_before_the_deadline_goes_on_demand(aws, ami, tmp_path, dataset):
+    aws.fail_launch("InsufficientInstanceCapacity", spot_only=True)  # spot is sold out everywhere, on-demand is not
+    try:
+        job = aws_job(tmp_path, "late_job", ami)
+        job["machine"] = {**job["machine"], "on_demand_if_late": True}
+        result = run_job("aws_on_demand_if_late", tmp_path, train_command(dataset, epochs=2), poll_interval=0.3,
+                         job_timeout=120, capacity_retry_delay=300, **job)
+    finally:
+        aws.clear_failures()
+    assert result["state"] == "success"
+    (attempt,) = result["summary"]["attempts"]
+    assert attempt["market"] == "on-demand" and attempt["capacity_waits"] == 0
+    assert [e["market"] for e in attempt["launch_errors"]] == ["spot", "spot"]
+    assert attempt["price_per_hour"] == attempt["on_demand_price_per_hour"] == 0.096
+    assert leftovers(aws, "late_job") == []

@@ -223,12 +223,19 @@ class SpotTrainingOperator(BaseOperator):
             self.log.info("Launched %s", format_attempt(record))
             return self._defer_watch(context, ledger, record, spec)
 
-    def _wait_for_capacity(self, context: Context, ledger: Ledger, record: AttemptRecord) -> None:
+    def _wait_for_capacity(self, context: Context, ledger: Ledger, record: AttemptRecord) -> Any:
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
         delay = min(MAX_CAPACITY_DELAY, self.capacity_retry_delay * 2 ** record.capacity_waits)
         deadline = self._deadline(context, ledger)
-        if deadline is not None and time.time() + delay > deadline:
+        late = deadline is not None and time.time() + delay > deadline
+        if late and record.market == "spot" and self.spec.machine.on_demand_if_late:
+            self.log.warning("Waiting %.0fs more for spot capacity would miss job_timeout: attempt %d goes on-demand",
+                             delay, record.attempt)
+            record.market, record.placement = "on-demand", 0
+            ledger.save(record)
+            return self._launch(context, ledger, record)
+        if late:
             record.status, record.reason = "cancelled", "no capacity before job_timeout"
             ledger.save(record)
             raise AirflowException(
