@@ -1,0 +1,72 @@
+"""DAGs run by the real Airflow cluster of the reliability tests (``tests/test_cluster_reliability.py``).
+
+One single-task DAG per scenario, each a :class:`SpotTrainingOperator` on the local backend running
+the real NumPy training script, paced with ``--min-epoch-seconds`` so a job takes long enough for
+the test to crash, freeze or mark things while it runs. The number of epochs can be changed per run
+with ``dag_run.conf["epochs"]``. The local backend's state directory comes from
+``AIRFLOW_SPOT_LOCAL_DIR`` and the dataset / checkpoints live under ``SPOT_CLUSTER_ROOT``, both set
+by the test harness for every Airflow process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_spot_provider.operators.spot_training import SpotTrainingOperator
+
+TRAIN = Path(__file__).resolve().parents[2] / "dags_examples" / "training" / "train.py"
+ROOT = Path(os.environ.get("SPOT_CLUSTER_ROOT")
+            or Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser() / "spot-cluster")
+DATA = ROOT / "data.npz"
+CKPT_PATTERN = r"^ckpt-(?P<step>\d{8,})\.npz$"
+
+
+@dataclass(frozen=True)
+class ClusterJob:
+    dag_id: str
+    epochs: int  # one epoch takes ~epoch_seconds: the job's length
+    epoch_seconds: float = 1.0
+    retries: int = 0
+    operator: dict[str, Any] = field(default_factory=dict)
+
+
+JOBS = (
+    ClusterJob("spot_cluster_triggerer_restart", epochs=20),
+    ClusterJob("spot_cluster_triggerer_ha", epochs=50),
+    ClusterJob("spot_cluster_worker_crash", epochs=15, retries=1),
+    ClusterJob("spot_cluster_mark_failed", epochs=300),
+    ClusterJob("spot_cluster_deferral_timeout", epochs=300, operator={"job_timeout": 8}),
+    ClusterJob("spot_cluster_sweep", epochs=300),
+)
+
+
+def build(job: ClusterJob) -> DAG:
+    with DAG(dag_id=job.dag_id, schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+             catchup=False, tags=["spot", "cluster-test"]) as dag:
+        SpotTrainingOperator(
+            task_id="train",
+            backend="local",
+            command=[sys.executable, str(TRAIN), "--data", str(DATA),
+                     "--epochs", f"{{{{ dag_run.conf.get('epochs', {job.epochs}) }}}}",
+                     "--min-epoch-seconds", str(job.epoch_seconds), "--seed", "5"],
+            checkpoint_uri=f"file://{ROOT}/checkpoints/{job.dag_id}/{{{{ run_id | replace(':', '_') }}}}/",
+            checkpoint_pattern=CKPT_PATTERN,
+            poll_interval=1.0,
+            sync_interval=1.0,
+            retries=job.retries,
+            retry_delay=timedelta(seconds=1),
+            **job.operator,
+        )
+    return dag
+
+
+for _job in JOBS:
+    globals()[_job.dag_id] = build(_job)
