@@ -589,6 +589,11 @@ class GcpBackend(SpotBackend):
             return
         super().sweep_delete(item)
 
+    def console_url(self, instance_id: str) -> str | None:
+        zone, name = split_id(instance_id)
+        return (f"https://console.cloud.google.com/compute/instancesDetail/zones/{zone}/instances/{name}"
+                f"?project={self.project}")
+
     def console_output(self, instance_id: str, tail: int = 20) -> list[str]:
         from google.api_core import exceptions
 
