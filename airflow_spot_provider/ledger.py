@@ -63,6 +63,8 @@ class AttemptRecord:
     backup_save: dict[str, Any] | None = None
     #: The agent synced after the job exited (final-sync marker): nothing on the disk is newer.
     final_synced: bool = False
+    #: The agent's last storage error when its final sync failed (backup-save then saves the disk).
+    sync_error: str | None = None
     #: Backup-save helper VM while it runs (a restarted worker waits for it again).
     backup_helper: str | None = None
     #: The attempt's disk/volume is deleted: nothing of it is left in the cloud.

@@ -55,7 +55,7 @@ class Leftover:
     def describe(self) -> str:
         item = self.item
         if item.get("instance_id") is None:
-            what = f"volume {item.get('volume_id')}"
+            what = f"{item.get('role', 'volume')} {item.get('volume_id') or item.get('disk_id')}"
         elif item["state"] in ("pending", "running"):
             what = f"running {item.get('role', 'attempt')} {item['instance_id']}"
         else:

@@ -79,7 +79,12 @@ class AttemptRunner:
         return [*self.cfg.command, *extra]
 
     def _check_notice(self, proc: subprocess.Popen) -> None:
-        found = self.source.check() or ({"action": "terminate", "source": "SIGTERM"} if self._sigterm else None)
+        try:
+            found = self.source.check()
+        except (OSError, ValueError) as err:  # a metadata server hiccup is not a notice; ask again next round
+            log.warning("interruption notice check failed: %s", err)
+            found = None
+        found = found or ({"action": "terminate", "source": "SIGTERM"} if self._sigterm else None)
         if not found:
             return
         self.notice = found
@@ -160,6 +165,10 @@ class AttemptRunner:
                 interval = cfg.notice_sync_interval if self.notice else cfg.sync_interval
                 next_sync = time.monotonic() + interval
             time.sleep(POLL_SECONDS)
+        if self.notice is None and self.fenced is None:
+            # The job may exit on the same signal that carries the notice (GCE's soft-off reaches every
+            # process at once): look once more, so a preemption always leaves its notice marker.
+            self._check_notice(proc)
         return proc.returncode
 
     def _write_exit(self, code: int | None, final_sync: bool) -> None:

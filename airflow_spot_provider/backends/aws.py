@@ -336,8 +336,8 @@ class AwsBackend(SpotBackend):
     def _helper(self, inst: dict[str, Any], token: str, volume: dict[str, Any], store: CheckpointStore,
                 attempt: int, checkpoint_pattern: str) -> str:
         """A small on-demand instance in the volume's zone that copies the volume to the store (idempotent)."""
-        running = [i for i in self._by_tags(**{"spot-token": token, ROLE_TAG: "backup-save"})
-                   if i["State"]["Name"] not in GONE_STATES + ("shutting-down", "stopping")]
+        helpers = self._by_tags(**{"spot-token": token, ROLE_TAG: "backup-save"})
+        running = [i for i in helpers if i["State"]["Name"] not in GONE_STATES + ("shutting-down", "stopping")]
         if running:
             return running[0]["InstanceId"]
         tags = _tags(inst.get("Tags"))
@@ -350,7 +350,8 @@ class AwsBackend(SpotBackend):
             **self._common(), **self._placement(volume["AvailabilityZone"]),
             ImageId=self.options.get("helper_image") or inst["ImageId"],
             InstanceType=self.options.get("helper_instance_type", "t3.micro"),
-            ClientToken=f"{token}-backup-{attempt}", UserData=script,
+            # A new token per helper: a retried backup-save must get a new helper, not the dead one back.
+            ClientToken=f"{token}-backup-{len(helpers)}", UserData=script,
             TagSpecifications=[{"ResourceType": "instance", "Tags": self._tag_list(identity_tags, "backup-save")}],
         )
         return response["Instances"][0]["InstanceId"]

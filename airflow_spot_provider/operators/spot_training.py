@@ -322,6 +322,10 @@ class SpotTrainingOperator(BaseOperator):
         record.reason = event.get("reason") or ""
         record.exit_code = event.get("exit_code")
         record.final_synced = "final-sync" in markers
+        record.sync_error = (markers.get("exit") or {}).get("sync_error")
+        if record.sync_error:
+            self.log.warning("Attempt %d could not publish its last checkpoints (%s): backup-save reads its disk",
+                             record.attempt, record.sync_error)
         record.started_at = (markers.get("started") or {}).get("time", record.started_at)
         record.restored_from = (markers.get("started") or {}).get("restored_from", record.restored_from)
         record.notice_at = (markers.get("notice") or {}).get("time", record.notice_at)
