@@ -65,6 +65,8 @@ class AttemptRecord:
     final_synced: bool = False
     #: The agent's last storage error when its final sync failed (backup-save then saves the disk).
     sync_error: str | None = None
+    #: Backup-saves that failed (the disk was kept each time and the next try saved it again).
+    backup_save_errors: list[str] = field(default_factory=list)
     #: Backup-save helper VM while it runs (a restarted worker waits for it again).
     backup_helper: str | None = None
     #: The attempt's disk/volume is deleted: nothing of it is left in the cloud.

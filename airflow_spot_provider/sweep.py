@@ -91,7 +91,7 @@ def airflow_db_liveness(heartbeat_seconds: float | None = None) -> Liveness:
     from airflow.jobs.job import Job
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
-    from airflow.utils import timezone
+    from airflow.sdk import timezone
     from airflow.utils.session import create_session
     from sqlalchemy import func, select
 

@@ -21,7 +21,8 @@ NOTICE = {"notice": {"time": 1}}
         (RUNNING, {**NOTICE, "exit": {"code": 143}}, AttemptStatus.PREEMPTED),
         (GONE, NOTICE, AttemptStatus.PREEMPTED),
         (RECLAIMED, {}, AttemptStatus.PREEMPTED),  # no notice at all: the cloud's reason says so
-        (GONE, {}, AttemptStatus.LOST),  # gone for no known reason: never guessed to be a preemption
+        (GONE, {"started": {"time": 1}}, AttemptStatus.LOST),  # gone for no known reason: never guessed a preemption
+        (GONE, {}, AttemptStatus.FAILED),  # powered itself off before the agent started: a broken boot, not "lost"
         (VANISHED, {}, AttemptStatus.LOST),
         (RUNNING, {"exit": {"code": None, "error": "OSError: store down"}}, AttemptStatus.FAILED),
     ],

@@ -125,3 +125,41 @@ def test_many_triggers_share_one_describe_per_interval(tmp_path, local_backend, 
     assert max(calls) == 3
     assert len(calls) <= elapsed / 0.2 + 3
     assert not SharedPoller._registry  # the loop stops when the last watcher leaves
+
+
+def test_trigger_never_decides_without_markers_and_waits_out_a_missing_grace(tmp_path, local_backend, monkeypatch):
+    """A marker read that fails is retried at the next poll (a gone VM without its markers would look lost),
+    and a VM missing from the cloud's answers right after launch is not lost before the backend's grace."""
+    store_dir = tmp_path / "store"
+    facts = local_backend.launch(request(tmp_path, [sys.executable, "-c", "pass"]))
+    wait_for(lambda: local_backend._facts(facts.instance_id).state.value == "terminated")
+    spot = store_dir / ".spot"
+    spot.rename(tmp_path / "spot-held")
+    spot.write_text("not a directory: every marker read fails")
+    trigger = SpotJobTrigger(backend=local_backend.serialize(), instance_id=facts.instance_id, attempt=1,
+                             checkpoint_uri=f"file://{store_dir}/", poll_interval=0.1)
+
+    async def run_with_outage() -> tuple[dict, float]:
+        started = time.monotonic()
+        task = asyncio.ensure_future(anext(trigger.run()))
+        await asyncio.sleep(1.0)
+        assert not task.done()  # no event while the markers cannot be read
+        spot.unlink()
+        (tmp_path / "spot-held").rename(spot)
+        event = await asyncio.wait_for(task, 10)
+        return event.payload, time.monotonic() - started
+
+    payload, took = asyncio.run(run_with_outage())
+    assert payload["status"] == "succeeded" and took >= 1.0
+
+    monkeypatch.setattr(LocalBackend, "missing_grace", 1.0)
+    ghost = SpotJobTrigger(backend=local_backend.serialize(), instance_id="i-local-0000000000000000", attempt=9,
+                           checkpoint_uri=f"file://{store_dir}/", poll_interval=0.1)
+
+    async def first_event() -> tuple[dict, float]:
+        started = time.monotonic()
+        event = await asyncio.wait_for(anext(ghost.run()), 10)
+        return event.payload, time.monotonic() - started
+
+    payload, took = asyncio.run(first_event())
+    assert payload["status"] == "lost" and took >= 1.0

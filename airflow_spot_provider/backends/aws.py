@@ -45,13 +45,17 @@ OPTIONS = (
 CAPACITY_CODES = frozenset({
     "InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded",
     "InsufficientHostCapacity", "InsufficientReservedInstanceCapacity",
+    # This type is not offered in this zone, or its family's vCPU / instance quota is used up: another
+    # placement (type or zone) may still work.
+    "Unsupported", "VcpuLimitExceeded", "InstanceLimitExceeded",
 })
 #: "Slow down": try the same placement again after a backoff.
 THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed", "InvalidVolume.NotFound"})
 DATA_DEVICE = "/dev/sdf"
-#: Where the data volume shows up inside the VM: Xen names, then Nitro's NVMe (the root disk is nvme0n1).
-VM_DEVICES = ("/dev/sdf", "/dev/xvdf", "/dev/nvme1n1")
+#: Where the data volume shows up inside the VM: the udev alias of its device name, the Xen name; the boot
+#: script also looks for a non-root EBS NVMe disk (Nitro), never an instance-store one.
+VM_DEVICES = ("/dev/sdf", "/dev/xvdf")
 PROVIDER_TAG = ("spot-provider", "airflow-spot-provider")
 ROLE_TAG = "spot-role"
 GONE_STATES = ("terminated", "stopped")
@@ -109,6 +113,7 @@ def validate_options(options: dict[str, Any]) -> None:
 
 class AwsBackend(SpotBackend):
     name = "aws"
+    missing_grace = 60.0
 
     def __init__(self, conn_id: str | None = None, **options: Any) -> None:
         validate_options(options)
@@ -315,14 +320,18 @@ class AwsBackend(SpotBackend):
         volumes = [v for page in pages for v in page["Volumes"]]
         return [v for v in volumes if all(a.get("Device") not in ("/dev/xvda", "/dev/sda1") for a in v["Attachments"])]
 
+    @staticmethod
+    def _fail(message: str) -> Any:
+        raise ValueError(message)
+
     def _token(self, instance_id: str) -> str | None:
         inst = self._instance(instance_id)
         return _tags(inst.get("Tags")).get("spot-token") if inst else None
 
     def backup_save(self, instance_id: str, store: CheckpointStore, attempt: int,
-                    checkpoint_pattern: str) -> BackupSaveResult:
+                    checkpoint_pattern: str, token: str | None = None) -> BackupSaveResult:
         inst = self._instance(instance_id)
-        token = _tags(inst.get("Tags") if inst else None).get("spot-token")
+        token = token or _tags(inst.get("Tags") if inst else None).get("spot-token")
         volumes = [v for v in self._volumes(token) if v["State"] != "deleting"] if token else []
         if not volumes:
             return BackupSaveResult(skipped=True, reason="no data volume left to read")
@@ -333,14 +342,14 @@ class AwsBackend(SpotBackend):
             self.ec2.attach_volume(VolumeId=volume["VolumeId"], InstanceId=helper, Device=DATA_DEVICE)
         return BackupSaveResult(helper_id=helper)
 
-    def _helper(self, inst: dict[str, Any], token: str, volume: dict[str, Any], store: CheckpointStore,
+    def _helper(self, inst: dict[str, Any] | None, token: str, volume: dict[str, Any], store: CheckpointStore,
                 attempt: int, checkpoint_pattern: str) -> str:
         """A small on-demand instance in the volume's zone that copies the volume to the store (idempotent)."""
         helpers = self._by_tags(**{"spot-token": token, ROLE_TAG: "backup-save"})
         running = [i for i in helpers if i["State"]["Name"] not in GONE_STATES + ("shutting-down", "stopping")]
         if running:
             return running[0]["InstanceId"]
-        tags = _tags(inst.get("Tags"))
+        tags = _tags((inst or volume).get("Tags"))  # the volume carries the same identity tags
         config = {"checkpoint_uri": store.fs.unstrip_protocol(store.root), "attempt": attempt,
                   "checkpoint_pattern": checkpoint_pattern}
         script = backup_script(config, python=self.options.get("python", "python3"), devices=VM_DEVICES,
@@ -348,7 +357,8 @@ class AwsBackend(SpotBackend):
         identity_tags = {k: v for k, v in tags.items() if k.startswith("spot-") and k != ROLE_TAG}
         response = self.ec2.run_instances(
             **self._common(), **self._placement(volume["AvailabilityZone"]),
-            ImageId=self.options.get("helper_image") or inst["ImageId"],
+            ImageId=self.options.get("helper_image") or (inst or {}).get("ImageId")
+            or self._fail("backend_options.helper_image: needed once EC2 no longer lists the attempt's instance"),
             InstanceType=self.options.get("helper_instance_type", "t3.micro"),
             # A new token per helper: a retried backup-save must get a new helper, not the dead one back.
             ClientToken=f"{token}-backup-{len(helpers)}", UserData=script,
@@ -365,8 +375,8 @@ class AwsBackend(SpotBackend):
         return BackupSaveResult(uploaded=list(marker.get("uploaded") or []), bytes=int(marker.get("bytes") or 0),
                                 latest=marker.get("latest"), reason=marker.get("reason", ""))
 
-    def release(self, instance_id: str) -> None:
-        token = self._token(instance_id)
+    def release(self, instance_id: str, token: str | None = None) -> None:
+        token = token or self._token(instance_id)
         if token:
             self._delete_volumes(self._volumes(token))
 
@@ -401,7 +411,7 @@ class AwsBackend(SpotBackend):
             by_token.setdefault(_tags(volume.get("Tags")).get("spot-token", ""), []).append(volume)
         found, seen_tokens = [], set()
         for inst in instances:
-            tags = _tags(inst.get("Tags"))
+            tags = _tags((inst or volume).get("Tags"))  # the volume carries the same identity tags
             token = tags.get("spot-token", "")
             is_attempt = tags.get(ROLE_TAG) == "attempt"
             if is_attempt:

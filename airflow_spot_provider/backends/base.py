@@ -192,6 +192,11 @@ def classify(facts: InstanceFacts, markers: dict[str, dict[str, Any]]) -> Classi
         return Classification(AttemptStatus.PREEMPTED, reason, code)
     if exit_marker:
         return Classification(AttemptStatus.FAILED, f"exit code {code}", code)
+    if gone and "started" not in markers and "InstanceInitiatedShutdown" in facts.reason:
+        # The VM powered itself off before the agent even started: its boot failed (a missing Python, a
+        # failed pip install). Relaunching would fail the same way: a user failure, not a lost VM.
+        return Classification(AttemptStatus.FAILED, f"the VM shut down before the agent started ({facts.reason}): "
+                              "check its console output", None)
     if gone:
         return Classification(AttemptStatus.LOST, facts.reason or f"instance {facts.state.value}", None)
     return Classification(AttemptStatus.RUNNING, "", None)
@@ -201,6 +206,9 @@ class SpotBackend(abc.ABC):
     """One cloud. Instances are built from a JSON-able options dict so a trigger can rebuild them."""
 
     name: str = ""
+    #: Seconds a watched instance may be missing from the cloud's answers before that counts as lost:
+    #: cloud APIs are eventually consistent right after a launch.
+    missing_grace: float = 0.0
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -220,11 +228,12 @@ class SpotBackend(abc.ABC):
 
     @abc.abstractmethod
     def backup_save(self, instance_id: str, store: CheckpointStore, attempt: int,
-                    checkpoint_pattern: str) -> BackupSaveResult:
+                    checkpoint_pattern: str, token: str | None = None) -> BackupSaveResult:
         """Copy new and changed files from the dead attempt's disk to the store.
 
         Either done at once (local), or started on a helper VM (``helper_id`` set): then a
-        :class:`~airflow_spot_provider.triggers.backup_save.BackupSaveTrigger` waits for it.
+        :class:`~airflow_spot_provider.triggers.backup_save.BackupSaveTrigger` waits for it. ``token`` is
+        the attempt's token from the ledger: it finds the disk even when the cloud has forgotten the VM.
         """
 
     def finish_backup_save(self, instance_id: str, helper_id: str, marker: dict[str, Any] | None) -> BackupSaveResult:
@@ -232,7 +241,7 @@ class SpotBackend(abc.ABC):
         raise NotImplementedError(f"the {self.name} backend runs no backup-save helpers")
 
     @abc.abstractmethod
-    def release(self, instance_id: str) -> None:
+    def release(self, instance_id: str, token: str | None = None) -> None:
         """Delete what is left of the attempt (its disk/volume). Call after backup-save."""
 
     @abc.abstractmethod

@@ -29,16 +29,32 @@ SPOT_ROOT="${{SPOT_ROOT:-/var/lib/airflow-spot}}"
 mkdir -p "$SPOT_ROOT" && cd "$SPOT_ROOT" || exit 1
 PY={python}
 
+ebs_nvme_data_disk() {{  # Nitro: an EBS volume is an NVMe disk whose model says so (instance store says otherwise)
+  local root_disk sys name
+  root_disk=$(lsblk -no PKNAME "$(findmnt -no SOURCE /)" 2>/dev/null || true)
+  for sys in /sys/block/nvme*n1; do
+    [ -e "$sys" ] || continue
+    name=$(basename "$sys")
+    [ "$name" = "$root_disk" ] && continue
+    grep -q "Elastic Block Store" "$sys/device/model" 2>/dev/null || continue
+    ls "$sys" | grep -q "^${{name}}p" && continue  # partitioned: a disk of the image, not the data volume
+    echo "/dev/$name"; return 0
+  done
+}}
+
 mount_data() {{  # $1: seconds to wait for the disk, $2: mount options
   local target="$SPOT_ROOT/data" waited=0 dev=""
   while [ "$waited" -le "$1" ]; do
     if [ -L "$target" ] || mountpoint -q "$target" 2>/dev/null; then return 0; fi
-    for candidate in {devices}; do
+    for candidate in {devices} $(ebs_nvme_data_disk); do
       if [ -b "$candidate" ]; then dev="$candidate"; break 2; fi
     done
     sleep 1; waited=$((waited + 1))
   done
-  if [ -z "$dev" ]; then echo "no data disk attached: using $target on the boot disk"; mkdir -p "$target"; return 0; fi
+  if [ -z "$dev" ]; then
+    echo "WARNING: no data disk appeared in $1 s: checkpoints stay on the boot disk, which backup-save cannot read"
+    mkdir -p "$target"; return 0
+  fi
   if [ "$2" = "rw" ] && ! blkid "$dev" >/dev/null 2>&1; then mkfs.ext4 -q "$dev"; fi
   mkdir -p "$target" && mount -o "$2" "$dev" "$target"
 }}

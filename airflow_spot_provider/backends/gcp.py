@@ -468,7 +468,7 @@ class GcpBackend(SpotBackend):
                     pass  # detached meanwhile
 
     def backup_save(self, instance_id: str, store: CheckpointStore, attempt: int,
-                    checkpoint_pattern: str) -> BackupSaveResult:
+                    checkpoint_pattern: str, token: str | None = None) -> BackupSaveResult:
         zone, name = split_id(instance_id)
         disk = self._get_disk(zone, data_disk_name(name))
         if disk is None:
@@ -530,7 +530,7 @@ class GcpBackend(SpotBackend):
         return BackupSaveResult(uploaded=list(marker.get("uploaded") or []), bytes=int(marker.get("bytes") or 0),
                                 latest=marker.get("latest"), reason=marker.get("reason", ""))
 
-    def release(self, instance_id: str) -> None:
+    def release(self, instance_id: str, token: str | None = None) -> None:
         zone, name = split_id(instance_id)
         self._delete_instance(zone, name)  # its boot disk goes with it (autoDelete)
         self._delete_disk(zone, data_disk_name(name))

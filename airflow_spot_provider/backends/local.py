@@ -235,14 +235,14 @@ class LocalBackend(SpotBackend):
         write_json(path / "control" / "preempt", request)
 
     def backup_save(self, instance_id: str, store: CheckpointStore, attempt: int,
-                    checkpoint_pattern: str) -> BackupSaveResult:
+                    checkpoint_pattern: str, token: str | None = None) -> BackupSaveResult:
         disk = self._dir(instance_id) / "disk" / "checkpoints"
         if not disk.is_dir():
             return BackupSaveResult(skipped=True, reason="the attempt's disk is already released")
         result = DirectorySync(disk, store, attempt, checkpoint_pattern).sync("backup-save")
         return BackupSaveResult(uploaded=result.uploaded, bytes=result.bytes, latest=result.latest)
 
-    def release(self, instance_id: str) -> None:
+    def release(self, instance_id: str, token: str | None = None) -> None:
         shutil.rmtree(self._dir(instance_id) / "disk", ignore_errors=True)
 
     def list_instances(self) -> list[dict[str, Any]]:

@@ -347,7 +347,7 @@ class SpotTrainingOperator(BaseOperator):
                               record.attempt)
             else:
                 result = backend.backup_save(record.instance_id, self._store(spec), record.attempt,
-                                             spec.checkpoint_pattern)
+                                             spec.checkpoint_pattern, token=record.token)
                 if result.helper_id:
                     record.backup_helper = result.helper_id
                     ledger.save(record)
@@ -386,11 +386,12 @@ class SpotTrainingOperator(BaseOperator):
     def _release(self, context: Context, ledger: Ledger, record: AttemptRecord, spec: JobSpec) -> Any:
         if record.backup_save and record.backup_save.get("error"):
             # Keep the disk: it holds the only copy of what the job wrote last. A retry saves it again.
+            record.backup_save_errors = [*record.backup_save_errors, record.backup_save["error"]]
             record.backup_save = None
             ledger.save(record)
             raise AirflowException(
                 f"attempt {record.attempt}: backup-save failed; its disk is kept and a retry saves it again")
-        self._backend().release(record.instance_id)
+        self._backend().release(record.instance_id, token=record.token)
         record.released = True
         self._record_checkpoint(record, self._store(spec), spec.checkpoint_pattern)
         ledger.save(record)
@@ -449,11 +450,16 @@ class SpotTrainingOperator(BaseOperator):
         backend = self._backend()
         for instance_id in filter(None, (record.backup_helper, record.instance_id)):
             backend.terminate(instance_id)
-        if record.instance_id:
-            backend.release(record.instance_id)
+        if record.instance_id and not record.backup_helper:
+            backend.release(record.instance_id, token=record.token)
+        elif record.backup_helper:
+            # Its backup-save did not finish: keep the disk (the only copy of the newest files); the sweep
+            # removes it once the job is no longer live.
+            self.log.warning("Attempt %d's disk is kept: its backup-save was cut short", record.attempt)
         if record.active:
             record.status, record.reason = "cancelled", reason
-        record.backup_helper, record.released = None, True
+        record.released = not record.backup_helper
+        record.backup_helper = None
         record.ended_at = record.ended_at or time.time()
         ledger.save(record)
         self.log.warning("Attempt %d cancelled (%s): its VM and disk are removed", record.attempt, reason)

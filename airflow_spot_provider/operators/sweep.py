@@ -23,10 +23,14 @@ def task_sdk_liveness(key: JobKey) -> tuple[bool, str]:
 
     states = RuntimeTaskInstance.get_task_states(dag_id=key.dag_id, task_ids=[key.task_id], run_ids=[key.run_id],
                                                  map_index=key.map_index)
-    state = (states.get(key.run_id) or {}).get(key.task_id)
-    if state in LIVE_STATES:
+    tasks = states.get(key.run_id) or {}
+    if key.task_id not in tasks:
+        return False, "its task is gone"
+    state = tasks[key.task_id]
+    # No state: cleared, it runs again and reconnects (as the CLI's sweep decides too).
+    if state is None or state in LIVE_STATES:
         return True, ""
-    return False, f"its task is {state or 'gone'}"
+    return False, f"its task is {state}"
 
 
 class SpotSweepOperator(BaseOperator):

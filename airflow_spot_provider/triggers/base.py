@@ -66,12 +66,19 @@ class SpotInstanceTrigger(BaseTrigger):
         # Off the event loop: building an S3 filesystem runs its own asyncio.run() for credentials.
         store = await asyncio.to_thread(store_for, self.checkpoint_uri, self.conn_id)
         poller = SharedPoller.for_backend(backend, self.poll_interval)
-        polls = 0
+        polls, started = 0, time.monotonic()
         async with poller.watch(self.instance_id) as updates:
             async for facts in updates:
                 markers: dict[str, Any] = {}
                 if facts.state is not InstanceState.RUNNING or polls % MARKER_EVERY == 0:
-                    markers = await asyncio.to_thread(self.read_markers, store)
+                    try:
+                        markers = await asyncio.to_thread(self.read_markers, store)
+                    except Exception as err:  # noqa: BLE001 - never decide without the markers: ask again
+                        self.log.warning("reading the markers of attempt %d failed (%s); next poll retries",
+                                         self.attempt, err)
+                        continue
+                if facts.state is InstanceState.MISSING and time.monotonic() - started < backend.missing_grace:
+                    continue  # the cloud's list may not show a just-launched VM yet (eventual consistency)
                 polls += 1
                 payload = self.verdict(facts, markers)
                 if payload is not None:
