@@ -5,7 +5,8 @@ user ``postgres``, trust auth) and a temporary AIRFLOW_HOME. Every Airflow compo
 subprocess in its own process group, with an environment built from scratch (never the ``AIRFLOW__*``
 of the calling process), free ports for the API and the log servers, LocalExecutor, short heartbeats and
 a short triggerer health threshold so HA reassignment happens in seconds. DAGs come from
-``tests/cluster_dags``.
+``tests/cluster_dags``; ``extra_env`` passes chosen variables (a cloud connection, the DAGs' settings)
+to every component and to the CLI.
 
 Besides starting and killing components it offers REST helpers (trigger, task instance state, mark
 failed, state store, XCom), direct reads of the metadata DB (which triggerer holds a trigger), the
@@ -124,6 +125,9 @@ class AirflowCluster:
     root: Path
     db_name: str = field(default_factory=lambda: f"spot_test_{secrets.token_hex(4)}")
     components: list[Component] = field(default_factory=list)
+    #: Added to every Airflow process's environment (and the CLI's), e.g. a cloud connection
+    #: ``AIRFLOW_CONN_<ID>``: the calling process's own ``AIRFLOW*``/``SPOT_*`` variables never pass.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.home = self.root / "airflow-home"
@@ -181,6 +185,7 @@ class AirflowCluster:
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
         })
+        env.update(self.extra_env)
         return env
 
     # -- database ------------------------------------------------------------------------------
