@@ -4,8 +4,9 @@ The training step survives preemptions: the local backend's simulated spot marke
 first attempts (``SPOT_DEMO_PREEMPT_AFTER`` seconds after each start, default ``6,6``: two
 preemptions; the second comes with no time to act, as happens in the field), the operator
 backup-saves what the dead attempt wrote, relaunches from the latest checkpoint, and the task
-finishes in its first try. The cloud backends (``"aws"``, ``"gcp"``) are not available yet; when
-they are, switching ``backend`` and ``checkpoint_uri`` (``s3://`` / ``gs://``) is meant to be all it takes.
+finishes in its first try. On a cloud, switch ``backend`` to ``"aws"`` or ``"gcp"``, ``checkpoint_uri`` to
+``s3://`` / ``gs://``, and give ``machine`` (types, zones, image), ``conn_id`` and the backend options
+(see docs/backends/aws.md and docs/backends/gcp.md).
 """
 
 from __future__ import annotations
