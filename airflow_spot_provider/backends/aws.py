@@ -51,6 +51,8 @@ CAPACITY_CODES = frozenset({
 })
 #: "Slow down": try the same placement again after a backoff.
 THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
+#: Waits between RunInstances calls refused for throttling; None: give up (the operator backs off).
+THROTTLE_RETRY_DELAYS = (1.0, 2.0, 4.0, None)
 NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed", "InvalidVolume.NotFound"})
 DATA_DEVICE = "/dev/sdf"
 #: Where the data volume shows up inside the VM: the udev alias of its device name, the Xen name; the boot
@@ -120,14 +122,26 @@ class AwsBackend(SpotBackend):
         super().__init__(**options)
         self.conn_id = conn_id or "aws_default"
         self._client: Any = None
+        self._launch_client: Any = None
         self._async_client: Any = None
         self._async_stack: contextlib.AsyncExitStack | None = None
 
     # -- connection ----------------------------------------------------------------------------
-    def _hook(self) -> Any:
+    def _hook(self, **kwargs: Any) -> Any:
         from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
 
-        return EC2Hook(aws_conn_id=self.conn_id, region_name=self.options.get("region_name"), api_type="client_type")
+        return EC2Hook(aws_conn_id=self.conn_id, region_name=self.options.get("region_name"), api_type="client_type",
+                       **kwargs)
+
+    @property
+    def ec2_launch(self) -> Any:
+        """A client that tries each RunInstances once: the SDK would retry a capacity refusal (HTTP 500) for
+        seconds, while the next placement may have capacity now. Throttling is retried in :meth:`launch`."""
+        if self._launch_client is None:
+            from botocore.config import Config
+
+            self._launch_client = self._hook(config=Config(retries={"total_max_attempts": 1})).conn
+        return self._launch_client
 
     @property
     def ec2(self) -> Any:
@@ -221,16 +235,21 @@ class AwsBackend(SpotBackend):
         existing = self.find(request)
         if existing is not None:
             return existing
-        try:
-            response = self.ec2.run_instances(**self.run_params(request))
-        except Exception as err:
-            code = _code(err)
-            if code in CAPACITY_CODES:
-                raise LaunchError(code, str(err), move_on=True) from err
-            if code in THROTTLE_CODES:
-                raise LaunchError(code, str(err), move_on=False) from err
-            raise
-        return self._facts(response["Instances"][0], priced=True)
+        params = self.run_params(request)
+        for delay in THROTTLE_RETRY_DELAYS:
+            try:
+                response = self.ec2_launch.run_instances(**params)
+                return self._facts(response["Instances"][0], priced=True)
+            except Exception as err:
+                code = _code(err)
+                if code in CAPACITY_CODES:
+                    raise LaunchError(code, str(err), move_on=True) from err
+                if code not in THROTTLE_CODES:
+                    raise
+                if delay is None:  # still throttled: the operator waits on a timer, without a worker slot
+                    raise LaunchError(code, str(err), move_on=False) from err
+                time.sleep(delay)  # same ClientToken: a call that did get through is not repeated
+        raise AssertionError("unreachable")
 
     def _describe(self, **kwargs: Any) -> list[dict[str, Any]]:
         found = []
