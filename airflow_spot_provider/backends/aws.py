@@ -22,7 +22,6 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_spot_provider.agent.config import AgentConfig
 from airflow_spot_provider.backends.aws_pricing import on_demand_price
 from airflow_spot_provider.backends.base import (
     BackupSaveResult,
@@ -30,11 +29,11 @@ from airflow_spot_provider.backends.base import (
     InstanceState,
     LaunchError,
     LaunchRequest,
-    SpotBackend,
 )
-from airflow_spot_provider.backends.bootstrap import attempt_script, backup_script, default_agent_install
+from airflow_spot_provider.backends.bootstrap import backup_script
+from airflow_spot_provider.backends.cloud import CloudBackend, validate_common_options
 from airflow_spot_provider.checkpoints.store import CheckpointStore
-from airflow_spot_provider.spec import check_keys, number
+from airflow_spot_provider.spec import check_keys
 
 OPTIONS = (
     "region_name", "subnet_ids", "security_group_ids", "instance_profile", "key_name", "python", "agent_install",
@@ -96,26 +95,18 @@ def validate_options(options: dict[str, Any]) -> None:
     if subnets is not None and not (isinstance(subnets, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in subnets.items())):
         raise ValueError("backend_options.subnet_ids: must be a dict {availability zone: subnet id}")
-    for key in ("security_group_ids", "requirements"):
+    for key in ("security_group_ids",):
         value = options.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"backend_options.{key}: must be a list of strings")
-    install = options.get("agent_install")
-    if install is not None and not (isinstance(install, list) and all(
-            isinstance(run, list) and all(isinstance(a, str) for a in run) for run in install)):
-        raise ValueError("backend_options.agent_install: must be a list of pip argument lists ([] when the image "
-                         "already has the agent)")
-    prices = options.get("on_demand_prices") or {}
-    if not isinstance(prices, dict):
-        raise ValueError("backend_options.on_demand_prices: must be a dict {instance type: $/hour}")
-    for name, price in prices.items():
-        number(f"backend_options.on_demand_prices[{name!r}]", price)
-    number("backend_options.wait_timeout", options.get("wait_timeout", 300), exclusive=True)
+    validate_common_options(options, ("on_demand_prices",))
 
 
-class AwsBackend(SpotBackend):
+class AwsBackend(CloudBackend):
     name = "aws"
     missing_grace = 60.0
+    store_package = "s3fs"
+    vm_devices = VM_DEVICES
 
     def __init__(self, conn_id: str | None = None, **options: Any) -> None:
         validate_options(options)
@@ -196,20 +187,11 @@ class AwsBackend(SpotBackend):
             params["KeyName"] = key
         return params
 
-    def _agent_install(self) -> list[list[str]]:
-        install = self.options.get("agent_install")
-        return default_agent_install("s3fs") if install is None else install
+    def notice_source(self) -> dict[str, Any]:
+        return {"source": "ec2-imds", "rebalance_as_notice": bool(self.options.get("rebalance_as_notice"))}
 
     def user_data(self, request: LaunchRequest) -> str:
-        agent = AgentConfig(
-            attempt=request.attempt, instance_id=request.token, command=list(request.command),
-            resume_args=list(request.resume_args), env=dict(request.env), checkpoint_uri=request.checkpoint_uri,
-            work_dir="data", checkpoint_pattern=request.checkpoint_pattern, sync_interval=request.sync_interval,
-            notice={"source": "ec2-imds", "rebalance_as_notice": bool(self.options.get("rebalance_as_notice"))},
-        )
-        config = {k: v for k, v in agent.__dict__.items() if k != "work_dir"}
-        return attempt_script(config, python=self.options.get("python", "python3"), devices=VM_DEVICES,
-                              agent_install=self._agent_install(), requirements=self.options.get("requirements", []))
+        return self.boot_script(request)
 
     def run_params(self, request: LaunchRequest) -> dict[str, Any]:
         tags = request.identity.tags(request.attempt)
@@ -372,7 +354,7 @@ class AwsBackend(SpotBackend):
         config = {"checkpoint_uri": store.fs.unstrip_protocol(store.root), "attempt": attempt,
                   "checkpoint_pattern": checkpoint_pattern}
         script = backup_script(config, python=self.options.get("python", "python3"), devices=VM_DEVICES,
-                               agent_install=self._agent_install())
+                               agent_install=self.agent_install())
         identity_tags = {k: v for k, v in tags.items() if k.startswith("spot-") and k != ROLE_TAG}
         response = self.ec2.run_instances(
             **self._common(), **self._placement(volume["AvailabilityZone"]),
@@ -387,12 +369,7 @@ class AwsBackend(SpotBackend):
 
     def finish_backup_save(self, instance_id: str, helper_id: str, marker: dict[str, Any] | None) -> BackupSaveResult:
         self.terminate(helper_id)  # detaches the volume; release() deletes it
-        if marker is None:
-            return BackupSaveResult(error="the helper instance ended without writing a result")
-        if marker.get("error"):
-            return BackupSaveResult(error=str(marker["error"]))
-        return BackupSaveResult(uploaded=list(marker.get("uploaded") or []), bytes=int(marker.get("bytes") or 0),
-                                latest=marker.get("latest"), reason=marker.get("reason", ""))
+        return self.backup_result(marker)
 
     def release(self, instance_id: str, token: str | None = None) -> None:
         token = token or self._token(instance_id)

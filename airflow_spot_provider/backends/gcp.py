@@ -31,19 +31,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from airflow_spot_provider.agent.config import AgentConfig
 from airflow_spot_provider.backends.base import (
     BackupSaveResult,
     InstanceFacts,
     InstanceState,
     LaunchError,
     LaunchRequest,
-    SpotBackend,
 )
-from airflow_spot_provider.backends.bootstrap import attempt_script, backup_script, default_agent_install
+from airflow_spot_provider.backends.bootstrap import backup_script
+from airflow_spot_provider.backends.cloud import CloudBackend, validate_common_options
 from airflow_spot_provider.backends.gcp_pricing import on_demand_price, spot_price
 from airflow_spot_provider.checkpoints.store import CheckpointStore
-from airflow_spot_provider.spec import check_keys, number
+from airflow_spot_provider.spec import check_keys
 
 OPTIONS = (
     "project_id", "api_endpoint", "network", "subnetwork", "service_account", "external_ip", "python",
@@ -159,11 +158,6 @@ def error_codes(err: Exception) -> set[str]:
     return {code for code in codes if code}
 
 
-def _string_list(key: str, value: Any) -> None:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"backend_options.{key}: must be a list of strings")
-
-
 def validate_options(options: dict[str, Any]) -> None:
     check_keys("backend_options", options, OPTIONS)
     for key in ("project_id", "api_endpoint", "network", "subnetwork", "service_account", "python",
@@ -172,26 +166,16 @@ def validate_options(options: dict[str, Any]) -> None:
             raise ValueError(f"backend_options.{key}: must be a non-empty string")
     if "external_ip" in options and not isinstance(options["external_ip"], bool):
         raise ValueError("backend_options.external_ip: must be true or false")
-    _string_list("requirements", options.get("requirements", []))
-    install = options.get("agent_install")
-    if install is not None and not (isinstance(install, list) and all(
-            isinstance(run, list) and all(isinstance(a, str) for a in run) for run in install)):
-        raise ValueError("backend_options.agent_install: must be a list of pip argument lists ([] when the image "
-                         "already has the agent)")
-    for key in ("on_demand_prices", "spot_prices"):
-        prices = options.get(key) or {}
-        if not isinstance(prices, dict):
-            raise ValueError(f"backend_options.{key}: must be a dict {{machine type: $/hour}}")
-        for name, price in prices.items():
-            number(f"backend_options.{key}[{name!r}]", price)
+    validate_common_options(options, ("on_demand_prices", "spot_prices"))
     helper_type = options.get("helper_machine_type")
     if helper_type is not None and not _MACHINE_TYPE.match(helper_type):
         raise ValueError(f"backend_options.helper_machine_type: {helper_type!r} is not a machine type (like e2-small)")
-    number("backend_options.wait_timeout", options.get("wait_timeout", 300), exclusive=True)
 
 
-class GcpBackend(SpotBackend):
+class GcpBackend(CloudBackend):
     name = "gcp"
+    store_package = "gcsfs"
+    vm_devices = VM_DEVICES
 
     def __init__(self, conn_id: str | None = None, **options: Any) -> None:
         validate_options(options)
@@ -269,20 +253,11 @@ class GcpBackend(SpotBackend):
                              "image family ('projects/P/global/images/family/FAMILY')")
 
     # -- building requests ---------------------------------------------------------------------
-    def _agent_install(self) -> list[list[str]]:
-        install = self.options.get("agent_install")
-        return default_agent_install("gcsfs") if install is None else install
+    def notice_source(self) -> dict[str, Any]:
+        return {"source": "gce-metadata"}
 
     def startup_script(self, request: LaunchRequest) -> str:
-        agent = AgentConfig(
-            attempt=request.attempt, instance_id=request.token, command=list(request.command),
-            resume_args=list(request.resume_args), env=dict(request.env), checkpoint_uri=request.checkpoint_uri,
-            work_dir="data", checkpoint_pattern=request.checkpoint_pattern, sync_interval=request.sync_interval,
-            notice={"source": "gce-metadata"},
-        )
-        config = {k: v for k, v in agent.__dict__.items() if k != "work_dir"}
-        return attempt_script(config, python=self.options.get("python", "python3"), devices=VM_DEVICES,
-                              agent_install=self._agent_install(), requirements=self.options.get("requirements", []))
+        return self.boot_script(request)
 
     def _network(self, zone: str) -> dict[str, Any]:
         nic: dict[str, Any] = {}
@@ -503,7 +478,7 @@ class GcpBackend(SpotBackend):
         config = {"checkpoint_uri": store.fs.unstrip_protocol(store.root), "attempt": attempt,
                   "checkpoint_pattern": checkpoint_pattern}
         script = backup_script(config, python=self.options.get("python", "python3"), devices=VM_DEVICES,
-                               agent_install=self._agent_install())
+                               agent_install=self.agent_install())
         labels = {k: v for k, v in disk.labels.items() if k != ROLE_LABEL}
         body = self._vm_body(hname, zone, self.options.get("helper_machine_type", "e2-small"), spot=False,
                              labels={**labels, ROLE_LABEL: "backup-save"}, description=disk.description,
@@ -523,12 +498,7 @@ class GcpBackend(SpotBackend):
     def finish_backup_save(self, instance_id: str, helper_id: str, marker: dict[str, Any] | None) -> BackupSaveResult:
         zone, name = split_id(helper_id)
         self._delete_instance(zone, name)  # detaches the data disk; release() deletes it
-        if marker is None:
-            return BackupSaveResult(error="the helper VM ended without writing a result")
-        if marker.get("error"):
-            return BackupSaveResult(error=str(marker["error"]))
-        return BackupSaveResult(uploaded=list(marker.get("uploaded") or []), bytes=int(marker.get("bytes") or 0),
-                                latest=marker.get("latest"), reason=marker.get("reason", ""))
+        return self.backup_result(marker)
 
     def release(self, instance_id: str, token: str | None = None) -> None:
         zone, name = split_id(instance_id)
