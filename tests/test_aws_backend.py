@@ -19,6 +19,7 @@ from airflow_spot_provider.checkpoints.store import CheckpointStore
 
 from .aws_cloud import FakeAws
 from .e2e import assert_bit_identical, baseline_model, run_job, train_command
+from .waiting import wait_for
 
 CONN_ID = "spot_aws"
 BUCKET = "ckpt"
@@ -61,15 +62,6 @@ def request(ami: str, prefix: str, command: list[str], attempt: int = 1, **kw) -
         sync_interval=kw.pop("sync_interval", 0.5),
         instance_type=kw.pop("instance_type", "m5.large"), zone=kw.pop("zone", "us-east-1a"), image=ami, **kw,
     )
-
-
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def ids(aws: FakeAws, task_id: str) -> list[str]:

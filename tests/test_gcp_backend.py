@@ -20,6 +20,7 @@ from airflow_spot_provider.backends.base import InstanceState, JobIdentity, Laun
 
 from .e2e import assert_bit_identical, baseline_model, run_job, train_command
 from .gcp_cloud import FakeGcp, FakeGcs
+from .waiting import wait_for
 
 CONN_ID = "spot_gcp"
 PROJECT = "spot-project"
@@ -85,15 +86,6 @@ def store_of(uri: str):
     from airflow_spot_provider.checkpoints.objectstorage import store_for
 
     return store_for(uri, CONN_ID)  # the Airflow side: the connection's key, the emulator's endpoint
-
-
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def api(gcp: FakeGcp):

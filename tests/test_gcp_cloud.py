@@ -22,20 +22,11 @@ from google.oauth2 import credentials as oauth2_credentials
 from google.oauth2 import service_account
 
 from .gcp_cloud import FakeGcp, FakeGcs, FilterError, compile_filter
+from .waiting import wait_for
 
 PROJECT, ZONE_A, ZONE_B = "test-project", "us-central1-a", "us-central1-b"
 IMAGE = "projects/debian-cloud/global/images/family/debian-12"
 PY = sys.executable
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from airflow_spot_provider.checkpoints.store import (
 from airflow_spot_provider.checkpoints.sync import DirectorySync, restore
 
 from .conftest import REPO
+from .waiting import wait_for
 
 PATTERN = r"ckpt-(?P<step>\d+)"
 FOREVER = -1
@@ -139,16 +139,6 @@ def stored(store: CheckpointStore, relpath: str) -> bytes | None:
 def agent_config(tmp_path: Path, name: str, attempt: int, command: list[str], uri: str, **extra) -> AgentConfig:
     return AgentConfig(attempt=attempt, instance_id=f"i-{name}", command=command, checkpoint_uri=uri,
                        work_dir=str(tmp_path / name), checkpoint_pattern=PATTERN, sync_interval=0.2, **extra)
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- half-written uploads ------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -14,6 +13,8 @@ import psutil
 from airflow_spot_provider.backends.base import InstanceState, JobIdentity, LaunchRequest, classify
 from airflow_spot_provider.checkpoints.store import CheckpointStore
 from airflow_spot_provider.cli import main as cli
+
+from .waiting import wait_for
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -23,16 +24,6 @@ def request(tmp: Path, command: list[str], attempt: int = 1, env: dict | None = 
         identity=JobIdentity("dag", "run", "task", -1, "nonce"), attempt=attempt, command=command, resume_args=[],
         env=env or {}, checkpoint_uri=f"file://{tmp}/store/", checkpoint_pattern=r"(?P<step>\d+)", sync_interval=0.5,
     )
-
-
-def wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def processes_with(marker: str) -> list[psutil.Process]:
