@@ -17,6 +17,7 @@ local backend in the background to prove that no job ever has two attempts alive
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import secrets
 import signal
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -554,3 +555,51 @@ class AttemptMonitor:
 
     def instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return [i for i in self.backend.list_instances() if job_of(i) == (dag_id, run_id)]
+
+
+# -- what the scenario modules share: a running cluster, timings, logs on failure ------------------------
+@contextlib.contextmanager
+def running(airflow: AirflowCluster, timings: dict[str, float]) -> Iterator[AirflowCluster]:
+    """Set up and start ``airflow``; print its log tails if that fails; always close it."""
+    try:
+        started = time.monotonic()
+        airflow.setup()
+        airflow.start()
+        timings["cluster start (db migrate + all components healthy)"] = time.monotonic() - started
+        yield airflow
+    except BaseException:
+        print(airflow.log_tails())
+        raise
+    finally:
+        airflow.close()
+
+
+def print_timings(request: Any, title: str, timings: dict[str, float]) -> None:
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\n{title} (seconds):")
+        for name, seconds in timings.items():
+            print(f"  {name}: {seconds:.1f}")
+
+
+def logs_after_failure(cluster: AirflowCluster, request: Any, capsys: Any) -> Iterator[None]:
+    """Body of an autouse fixture: the Airflow logs, when the test just failed."""
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed:
+        with capsys.disabled():
+            print(f"\n----- Airflow logs after {request.node.name} -----\n{cluster.log_tails()}")
+
+
+class Timings(dict):
+    """Recovery times by scenario step, printed as they are measured and again at the end."""
+
+    def record(self, capsys: Any, name: str, seconds: float) -> None:
+        self[name] = seconds
+        with capsys.disabled():
+            print(f"\n[timing] {name}: {seconds:.1f}s")
+
+    @staticmethod
+    def info(capsys: Any, message: str) -> None:
+        with capsys.disabled():
+            print(f"\n[info] {message}")

@@ -25,7 +25,16 @@ import pytest
 from botocore.exceptions import ClientError
 
 from .aws_cloud import FakeAws
-from .cluster import SCHEDULER_HEALTH_THRESHOLD, TRIGGERER_HEALTH_THRESHOLD, AirflowCluster, wait_for
+from .cluster import (
+    SCHEDULER_HEALTH_THRESHOLD,
+    TRIGGERER_HEALTH_THRESHOLD,
+    AirflowCluster,
+    Timings,
+    logs_after_failure,
+    print_timings,
+    running,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(600)]
 
@@ -34,7 +43,7 @@ BUCKET = "spot-cluster"
 REGION = "us-east-1"
 RELEASE_DEADLINE = 30.0  # seconds: decision 9's promise after mark-failed
 SWEEP_ARGS = ["sweep", "--backend", "aws", "--conn-id", CONN_ID, "--option", f"region_name={REGION}"]
-TIMINGS: dict[str, float] = {}
+TIMINGS = Timings()
 INSTANCE_ID = re.compile(r"\bi-[0-9a-f]{8,17}\b")
 
 
@@ -55,42 +64,17 @@ def cluster(aws: FakeAws, tmp_path_factory, request) -> Iterator[AirflowCluster]
         name: value, "SPOT_CLUSTER_AWS_AMI": ami, "SPOT_CLUSTER_AWS_BUCKET": BUCKET,
         "SPOT_CLUSTER_AWS_CONN_ID": CONN_ID,
     })
-    try:
-        started = time.monotonic()
-        airflow.setup()
-        airflow.start()
-        TIMINGS["cluster start (db migrate + all components healthy)"] = time.monotonic() - started
+    with running(airflow, TIMINGS):
         yield airflow
-    except BaseException:
-        print(airflow.log_tails())
-        raise
-    finally:
-        airflow.close()
-        capture = request.config.pluginmanager.getplugin("capturemanager")
-        with capture.global_and_fixture_disabled():
-            print("\nAWS recovery timings (seconds):")
-            for label, seconds in TIMINGS.items():
-                print(f"  {label}: {seconds:.1f}")
+    print_timings(request, "AWS recovery timings", TIMINGS)
 
 
 @pytest.fixture(autouse=True)
 def logs_on_failure(cluster: AirflowCluster, request, capsys) -> Iterator[None]:
-    failed = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed:
-        with capsys.disabled():
-            print(f"\n----- Airflow logs after {request.node.name} -----\n{cluster.log_tails()}")
+    yield from logs_after_failure(cluster, request, capsys)
 
 
-def record(capsys, name: str, seconds: float) -> None:
-    TIMINGS[name] = seconds
-    with capsys.disabled():
-        print(f"\n[timing] {name}: {seconds:.1f}s")
-
-
-def info(capsys, message: str) -> None:
-    with capsys.disabled():
-        print(f"\n[info] {message}")
+record, info = TIMINGS.record, TIMINGS.info
 
 
 # -- the cloud, by the job's tags ------------------------------------------------------------------------

@@ -24,61 +24,40 @@ from .cluster import (
     TRIGGERER_HEALTH_THRESHOLD,
     AirflowCluster,
     AttemptMonitor,
+    Timings,
     attempt_processes,
+    logs_after_failure,
+    print_timings,
+    running,
     wait_for,
 )
 
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(900)]
 
 RELEASE_DEADLINE = 30.0  # seconds: decision 9's promise after mark-failed / timeout
-TIMINGS: dict[str, float] = {}
+TIMINGS = Timings()
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[AirflowCluster]:
     airflow = AirflowCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        started = time.monotonic()
-        airflow.setup()
-        airflow.start()
-        TIMINGS["cluster start (db migrate + all components healthy)"] = time.monotonic() - started
+    with running(airflow, TIMINGS):
         yield airflow
-    except BaseException:
-        print(airflow.log_tails())
-        raise
-    finally:
-        airflow.close()
 
 
 @pytest.fixture(scope="module")
 def monitor(cluster: AirflowCluster, request) -> Iterator[AttemptMonitor]:
     with AttemptMonitor(cluster.state_dir) as sampler:
         yield sampler
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print("\nrecovery timings (seconds):")
-        for name, seconds in TIMINGS.items():
-            print(f"  {name}: {seconds:.1f}")
+    print_timings(request, "recovery timings", TIMINGS)
 
 
 @pytest.fixture(autouse=True)
 def logs_on_failure(cluster: AirflowCluster, request, capsys) -> Iterator[None]:
-    failed = request.session.testsfailed
-    yield
-    if request.session.testsfailed > failed:
-        with capsys.disabled():
-            print(f"\n----- Airflow logs after {request.node.name} -----\n{cluster.log_tails()}")
+    yield from logs_after_failure(cluster, request, capsys)
 
 
-def record(capsys, name: str, seconds: float) -> None:
-    TIMINGS[name] = seconds
-    with capsys.disabled():
-        print(f"\n[timing] {name}: {seconds:.1f}s")
-
-
-def info(capsys, message: str) -> None:
-    with capsys.disabled():
-        print(f"\n[info] {message}")
+record, info = TIMINGS.record, TIMINGS.info
 
 
 # -- shared steps and checks ---------------------------------------------------------------------------
