@@ -55,7 +55,7 @@ def _progress(backend: LocalBackend, instance_id: str) -> str:
 
 
 def cmd_status(backend: LocalBackend, args: argparse.Namespace) -> int:
-    items = backend.list_instances()
+    items = sorted(backend.list_instances(), key=lambda item: item.get("launched_at") or 0)
     if not args.all:
         items = [item for item in items if _live(item)]
     if args.json:
