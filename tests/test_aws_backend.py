@@ -261,6 +261,19 @@ def test_lost_instance_is_lost_not_preempted(aws, ami):
     be.release(facts.instance_id)
 
 
+def test_instance_that_powers_off_before_its_agent_starts_is_a_failed_boot(aws, ami):
+    be = backend(python="/nonexistent/python3")  # an image without the Python the boot script names
+    facts = be.launch(request(ami, "badboot", [sys.executable, "-c", "pass"]))
+    aws.wait_gone(facts.instance_id)
+    dead = asyncio.run(be.describe([facts.instance_id]))[facts.instance_id]
+    store = CheckpointStore.from_uri(f"s3://{BUCKET}/badboot/", endpoint_url=aws.endpoint, key="x", secret="x")
+    verdict = classify(dead, store.read_markers(1))
+    assert verdict.status.value == "failed" and "Client.InstanceInitiatedShutdown" in verdict.reason
+    be.terminate(facts.instance_id)
+    be.release(facts.instance_id)
+    assert leftovers(aws, "badboot") == []
+
+
 def test_user_data_carries_no_secret_and_quotes_the_command(aws, ami):
     be = backend()
     nasty = ["python", "-c", "print('x')", "; rm -rf / #", "$(id)", "`whoami`"]

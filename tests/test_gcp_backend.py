@@ -319,6 +319,21 @@ def test_lost_instance_is_lost_not_preempted(gcp):
     assert leftovers(gcp, "lost") == []
 
 
+def test_vm_that_powers_off_before_its_agent_starts_is_a_failed_boot(gcp):
+    """No Python on the image: the startup script cannot start the agent and powers off. Relaunching would
+    fail the same way, so this is a failure (a retry), not a lost VM (a free relaunch)."""
+    be = backend(gcp, python="/nonexistent/python3")
+    facts = be.launch(request("badboot", [sys.executable, "-c", "pass"]))
+    zone, name = facts.instance_id.split("/")
+    gcp.wait_status(PROJECT, zone, name, "TERMINATED")
+    dead = asyncio.run(be.describe([facts.instance_id]))[facts.instance_id]
+    verdict = classify(dead, store_of(f"gs://{BUCKET}/badboot/").read_markers(1))
+    assert verdict.status.value == "failed" and "before the agent started" in verdict.reason
+    be.terminate(facts.instance_id)
+    be.release(facts.instance_id)
+    assert leftovers(gcp, "badboot") == []
+
+
 def test_startup_script_carries_no_secret_and_quotes_the_command(gcp):
     be = backend(gcp)
     nasty = ["python", "-c", "print('x')", "; rm -rf / #", "$(id)", "`whoami`"]

@@ -373,7 +373,9 @@ class GcpBackend(CloudBackend):
         machine_type = _last(inst.machine_type)
         gone = state is InstanceState.TERMINATED
         if not reason and gone:
-            reason = inst.status_message or f"status {status}"
+            # No preempted/host-error operation: the guest powered itself off (GCE gives no reason code for
+            # it). Named as on EC2, so a VM that stopped before its agent started counts as a failed boot.
+            reason = inst.status_message or f"InstanceInitiatedShutdown (status {status}, no preemption or host error)"
         on_demand = on_demand_price(machine_type, self.options.get("on_demand_prices")) if priced else None
         price = None
         if priced:
