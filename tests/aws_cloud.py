@@ -74,6 +74,8 @@ from moto.ec2.utils import random_spot_request_id
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from . import waiting
+
 log = logging.getLogger(__name__)
 
 REGION = "us-east-1"
@@ -115,15 +117,8 @@ def utc_iso(moment: datetime) -> str:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; return it, or raise TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+    """:func:`waiting.wait_for` with this module's shorter default timeout."""
+    return waiting.wait_for(predicate, timeout, interval, what or str(predicate))
 
 
 # --------------------------------------------------------------------------------------------------

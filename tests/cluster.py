@@ -37,6 +37,8 @@ import psycopg2
 
 from airflow_spot_provider.backends.local import LocalBackend
 
+from . import waiting
+
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "tests" / "cluster_dags"
 TRAINING = REPO / "dags_examples" / "training"
@@ -61,15 +63,8 @@ def free_port() -> int:
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.5, what: str = "condition") -> T:
-    """Poll ``predicate`` until it returns something truthy; return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    """:func:`waiting.wait_for` at a slower pace: these predicates ask the REST API and the database."""
+    return waiting.wait_for(predicate, timeout, interval, what)
 
 
 def process_tree(pid: int) -> list[psutil.Process]:
@@ -461,6 +456,34 @@ class AirflowCluster:
         rows = self.sql("SELECT id, EXTRACT(EPOCH FROM (now() - latest_heartbeat)) FROM job "
                         "WHERE job_type = 'TriggererJob' AND end_date IS NULL ORDER BY id")
         return {job_id: round(float(age), 2) for job_id, age in rows}
+
+    def running_holder(self, dag_id: str, run_id: str) -> tuple[int, int]:
+        """(trigger id, triggerer job id) once the triggerer holding the task's trigger has started running it."""
+        def started() -> tuple[int, int] | None:
+            holder = self.trigger_holder(dag_id, run_id)
+            running = holder and holder[1] and "starting" in self.trigger_log(dag_id, run_id, holder[1])
+            return holder if running else None
+
+        return wait_for(started, 60, what="a triggerer to be running the trigger")
+
+    def wait_taken_over(self, dag_id: str, run_id: str, new: Component) -> None:
+        """Until the ``new`` triggerer holds the task's trigger (or the task is no longer deferred)."""
+        def picked_up() -> bool:
+            now = self.trigger_holder(dag_id, run_id)
+            return bool(now and now[1] == new.job_id) or self.ti_state(dag_id, run_id) != "deferred"
+
+        wait_for(picked_up, 60 + TRIGGERER_HEALTH_THRESHOLD, what="the new triggerer to take the trigger")
+
+    def wait_until_down(self) -> None:
+        """After a crash: until the metadata DB no longer looks live (its newest heartbeat is past the threshold)."""
+        wait_for(lambda: self.newest_heartbeat_age() > SCHEDULER_HEALTH_THRESHOLD + 1, 60,
+                 what="Airflow's last heartbeat to pass the health threshold")
+
+    def ledger(self, dag_id: str, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The job record and the attempt records from the task's state store."""
+        store = self.state_store(dag_id, run_id)
+        attempts = [store[key] for key in sorted(store) if key.startswith("spot.attempt.")]
+        return store.get("spot.job") or {}, attempts
 
     def trigger_holder(self, dag_id: str, run_id: str, task_id: str = "train") -> tuple[int, int | None] | None:
         """(trigger id, triggerer job id) of the task's current trigger, or None when it has none."""

@@ -8,8 +8,6 @@ import base64
 import json
 import os
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from airflow_spot_provider.backends.base import InstanceState, JobIdentity, Laun
 from airflow_spot_provider.checkpoints.store import CheckpointStore
 
 from .aws_cloud import FakeAws
+from .chaos import Chaos
 from .e2e import assert_bit_identical, baseline_model, run_job, train_command
 from .waiting import wait_for
 
@@ -80,30 +79,17 @@ def leftovers(aws: FakeAws, task_id: str) -> list[str]:
     return instances + volumes
 
 
-class Chaos(threading.Thread):
-    """Reclaims attempts like the spot market: ``plan[attempt] = (seconds after it is running, notice or None)``."""
+def chaos(aws: FakeAws, task_id: str, plan: dict[int, tuple[float, float | None]]) -> Chaos:
+    """Reclaims the job's attempts on ``plan`` (see tests/chaos.py)."""
+    flt = [{"Name": "tag:spot-task-id", "Values": [task_id]}, {"Name": "tag:spot-role", "Values": ["attempt"]},
+           {"Name": "instance-state-name", "Values": ["running"]}]
 
-    def __init__(self, aws: FakeAws, task_id: str, plan: dict[int, tuple[float, float | None]]) -> None:
-        super().__init__(daemon=True)
-        self.aws, self.task_id, self.plan = aws, task_id, plan
-        self.seen: dict[str, float] = {}
-        self.done: set[str] = set()
-        self.stop = threading.Event()
+    def running() -> list[tuple[str, int]]:
+        reservations = aws.client("ec2").describe_instances(Filters=flt)["Reservations"]
+        return [(i["InstanceId"], int({t["Key"]: t["Value"] for t in i["Tags"]}["spot-attempt"]))
+                for r in reservations for i in r["Instances"]]
 
-    def run(self) -> None:
-        ec2 = self.aws.client("ec2")
-        flt = [{"Name": "tag:spot-task-id", "Values": [self.task_id]}, {"Name": "tag:spot-role", "Values": ["attempt"]},
-               {"Name": "instance-state-name", "Values": ["running"]}]
-        while not self.stop.is_set():
-            for r in ec2.describe_instances(Filters=flt)["Reservations"]:
-                for inst in r["Instances"]:
-                    iid = inst["InstanceId"]
-                    attempt = int({t["Key"]: t["Value"] for t in inst["Tags"]}["spot-attempt"])
-                    running_for = time.monotonic() - self.seen.setdefault(iid, time.monotonic())
-                    if attempt in self.plan and iid not in self.done and running_for >= self.plan[attempt][0]:
-                        self.done.add(iid)
-                        self.aws.preempt(iid, notice_seconds=self.plan[attempt][1])
-            time.sleep(0.2)
+    return Chaos(running, lambda iid, notice: aws.preempt(iid, notice_seconds=notice), plan)
 
 
 def aws_job(tmp_path: Path, task_id: str, ami: str, **kw):
@@ -116,13 +102,13 @@ def test_preempted_twice_backup_saved_resumed_bit_identical(aws, ami, tmp_path, 
     command = train_command(dataset, epochs=12, epoch_seconds=0.7)
     # 1st: a 2-minute-style notice (here 1.5 s): the job saves and the agent syncs. 2nd: no notice at all and
     # a long sync interval, so the newest checkpoints exist only on the dead VM's EBS volume.
-    chaos = Chaos(aws, "train", {1: (2.5, 1.5), 2: (2.5, None)})
-    chaos.start()
+    market = chaos(aws, "train", {1: (2.5, 1.5), 2: (2.5, None)})
+    market.start()
     try:
         result = run_job("aws_two_preemptions", tmp_path, command, max_preemptions=3, poll_interval=0.3,
                          **{**aws_job(tmp_path, "train", ami), "sync_interval": 1.0})
     finally:
-        chaos.stop.set()
+        market.stop.set()
     assert result["state"] == "success" and result["try_number"] == 1
     attempts = result["summary"]["attempts"]
     assert [a["status"] for a in attempts] == ["preempted", "preempted", "succeeded"]
@@ -277,7 +263,7 @@ def test_instance_that_powers_off_before_its_agent_starts_is_a_failed_boot(aws, 
 def test_user_data_carries_no_secret_and_quotes_the_command(aws, ami):
     be = backend()
     nasty = ["python", "-c", "print('x')", "; rm -rf / #", "$(id)", "`whoami`"]
-    text = be.user_data(request(ami, "secret", nasty))
+    text = be.boot_script(request(ami, "secret", nasty))
     assert SECRET not in text and "instance-role" not in text
     # The command reaches the VM inside a quoted heredoc of JSON: no shell expansion of its words.
     assert "<<'SPOT_JSON_EOF'" in text and '"; rm -rf / #"' in text

@@ -26,8 +26,6 @@ from botocore.exceptions import ClientError
 
 from .aws_cloud import FakeAws
 from .cluster import (
-    SCHEDULER_HEALTH_THRESHOLD,
-    TRIGGERER_HEALTH_THRESHOLD,
     AirflowCluster,
     Timings,
     logs_after_failure,
@@ -131,20 +129,8 @@ def live_attempt(cluster: AirflowCluster, aws: FakeAws, dag_id: str, run_id: str
     return running[0]
 
 
-def running_holder(cluster: AirflowCluster, dag_id: str, run_id: str) -> tuple[int, int]:
-    """(trigger id, triggerer job id) once the triggerer holding the task's trigger has started running it."""
-    def started() -> tuple[int, int] | None:
-        holder = cluster.trigger_holder(dag_id, run_id)
-        running = holder and holder[1] and "starting" in cluster.trigger_log(dag_id, run_id, holder[1])
-        return holder if running else None
-
-    return wait_for(started, 60, what="a triggerer to be running the trigger")
 
 
-def ledger(cluster: AirflowCluster, dag_id: str, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    store = cluster.state_store(dag_id, run_id)
-    attempts = [store[key] for key in sorted(store) if key.startswith("spot.attempt.")]
-    return store.get("spot.job") or {}, attempts
 
 
 # -- 1. triggerer restart ------------------------------------------------------------------------------------
@@ -154,7 +140,7 @@ def test_triggerer_killed_while_deferred_one_ec2_attempt_finishes(cluster, aws, 
     try:
         attempt = live_attempt(cluster, aws, dag_id, run_id)
         instance_id = attempt["InstanceId"]
-        holder = running_holder(cluster, dag_id, run_id)
+        holder = cluster.running_holder(dag_id, run_id)
         old = cluster.triggerer(holder[1])
         assert old is not None, f"trigger held by unknown triggerer job {holder[1]}"
 
@@ -163,11 +149,7 @@ def test_triggerer_killed_while_deferred_one_ec2_attempt_finishes(cluster, aws, 
         assert vm_running(aws, instance_id), "the EC2 attempt died with the triggerer"
         new = cluster.start_triggerer()
 
-        def picked_up() -> bool:
-            now = cluster.trigger_holder(dag_id, run_id)
-            return bool(now and now[1] == new.job_id) or cluster.ti_state(dag_id, run_id) != "deferred"
-
-        wait_for(picked_up, 60 + TRIGGERER_HEALTH_THRESHOLD, what="the new triggerer to take the trigger")
+        cluster.wait_taken_over(dag_id, run_id, new)
         record(capsys, "1. triggerer SIGKILL -> trigger running in the new triggerer", time.monotonic() - killed)
         cluster.wait_for_state(dag_id, run_id, ("success", "failed", "up_for_retry"), 180)
         record(capsys, "1. triggerer SIGKILL -> task success", time.monotonic() - killed)
@@ -176,7 +158,7 @@ def test_triggerer_killed_while_deferred_one_ec2_attempt_finishes(cluster, aws, 
         assert cluster.try_number(dag_id, run_id) == 1
         launched = instances(aws, dag_id, run_id, "attempt")
         assert [i["InstanceId"] for i in launched] == [instance_id], launched
-        job, attempts = ledger(cluster, dag_id, run_id)
+        job, attempts = cluster.ledger(dag_id, run_id)
         assert job.get("attempts") == 1 and len(attempts) == 1, attempts
         assert attempts[0]["instance_id"] == instance_id and attempts[0]["status"] == "succeeded", attempts[0]
         summary = cluster.xcom(dag_id, run_id)
@@ -196,7 +178,7 @@ def test_mark_failed_while_deferred_terminates_instance_and_deletes_volume(clust
     try:
         attempt = live_attempt(cluster, aws, dag_id, run_id)
         instance_id = attempt["InstanceId"]
-        holder = running_holder(cluster, dag_id, run_id)
+        holder = cluster.running_holder(dag_id, run_id)
         assert volumes(aws, dag_id, run_id), "the attempt has no tagged EBS data volume"
 
         marked = time.monotonic()
@@ -228,8 +210,7 @@ def test_sweep_after_airflow_crash_removes_instance_and_volume(cluster, aws, cap
         assert vm_running(aws, orphan), "the EC2 attempt should outlive Airflow"
         # Right after a crash the metadata DB still looks live; the sweep calls the job orphaned only once
         # Airflow's heartbeats are older than its health threshold.
-        wait_for(lambda: cluster.newest_heartbeat_age() > SCHEDULER_HEALTH_THRESHOLD + 1, 60,
-                 what="Airflow's last heartbeat to pass the health threshold")
+        cluster.wait_until_down()
         record(capsys, "3. Airflow SIGKILL -> heartbeats past the health threshold", time.monotonic() - crashed)
 
         dry = cluster.run_cli(SWEEP_ARGS)

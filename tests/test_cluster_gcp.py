@@ -31,8 +31,6 @@ from google.cloud import compute_v1
 from airflow_spot_provider.backends.gcp import label_value
 
 from .cluster import (
-    SCHEDULER_HEALTH_THRESHOLD,
-    TRIGGERER_HEALTH_THRESHOLD,
     AirflowCluster,
     Timings,
     logs_after_failure,
@@ -159,20 +157,8 @@ def live_attempt(cluster: AirflowCluster, gcp: FakeGcp, dag_id: str, run_id: str
     return live[0]
 
 
-def running_holder(cluster: AirflowCluster, dag_id: str, run_id: str) -> tuple[int, int]:
-    """(trigger id, triggerer job id) once the triggerer holding the task's trigger has started running it."""
-    def started() -> tuple[int, int] | None:
-        holder = cluster.trigger_holder(dag_id, run_id)
-        running = holder and holder[1] and "starting" in cluster.trigger_log(dag_id, run_id, holder[1])
-        return holder if running else None
-
-    return wait_for(started, 60, what="a triggerer to be running the trigger")
 
 
-def ledger(cluster: AirflowCluster, dag_id: str, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    store = cluster.state_store(dag_id, run_id)
-    attempts = [store[key] for key in sorted(store) if key.startswith("spot.attempt.")]
-    return store.get("spot.job") or {}, attempts
 
 
 # -- 1. triggerer restart ------------------------------------------------------------------------------------
@@ -182,7 +168,7 @@ def test_triggerer_killed_while_deferred_one_gcp_attempt_finishes(cluster, gcp, 
     run_id = cluster.trigger(dag_id)
     try:
         vm = live_attempt(cluster, gcp, dag_id, run_id)
-        holder = running_holder(cluster, dag_id, run_id)
+        holder = cluster.running_holder(dag_id, run_id)
         old = cluster.triggerer(holder[1])
         assert old is not None, f"trigger held by unknown triggerer job {holder[1]}"
 
@@ -191,11 +177,7 @@ def test_triggerer_killed_while_deferred_one_gcp_attempt_finishes(cluster, gcp, 
         assert vm_running(gcp, vm), "the attempt VM died with the triggerer"
         new = cluster.start_triggerer()
 
-        def picked_up() -> bool:
-            now = cluster.trigger_holder(dag_id, run_id)
-            return bool(now and now[1] == new.job_id) or cluster.ti_state(dag_id, run_id) != "deferred"
-
-        wait_for(picked_up, 60 + TRIGGERER_HEALTH_THRESHOLD, what="the new triggerer to take the trigger")
+        cluster.wait_taken_over(dag_id, run_id, new)
         record(capsys, "1. triggerer SIGKILL -> trigger running in the new triggerer", time.monotonic() - killed)
         cluster.wait_for_state(dag_id, run_id, ("success", "failed", "up_for_retry"), 180)
         record(capsys, "1. triggerer SIGKILL -> task success", time.monotonic() - killed)
@@ -205,7 +187,7 @@ def test_triggerer_killed_while_deferred_one_gcp_attempt_finishes(cluster, gcp, 
         created = inserted_vms(gcp)[inserted_before:]
         attempts_created = [name for name in created if not name.endswith("-backup")]
         assert attempts_created == [vm["name"]], created
-        job, attempts = ledger(cluster, dag_id, run_id)
+        job, attempts = cluster.ledger(dag_id, run_id)
         assert job.get("attempts") == 1 and len(attempts) == 1, attempts
         assert attempts[0]["instance_id"] == vm["id"] and attempts[0]["status"] == "succeeded", attempts[0]
         summary = cluster.xcom(dag_id, run_id)
@@ -223,7 +205,7 @@ def test_mark_failed_while_deferred_deletes_vm_and_data_disk(cluster, gcp, capsy
     run_id = cluster.trigger(dag_id)
     try:
         vm = live_attempt(cluster, gcp, dag_id, run_id)
-        holder = running_holder(cluster, dag_id, run_id)
+        holder = cluster.running_holder(dag_id, run_id)
         assert f"{vm['id']}-data" in disks(gcp, dag_id, run_id), "the attempt has no labelled data disk"
 
         marked = time.monotonic()
@@ -255,8 +237,7 @@ def test_sweep_after_airflow_crash_removes_vm_and_disk(cluster, gcp, capsys):
         assert vm_running(gcp, vm), "the attempt VM should outlive Airflow"
         # Right after a crash the metadata DB still looks live; the sweep calls the job orphaned only once
         # Airflow's heartbeats are older than its health threshold.
-        wait_for(lambda: cluster.newest_heartbeat_age() > SCHEDULER_HEALTH_THRESHOLD + 1, 60,
-                 what="Airflow's last heartbeat to pass the health threshold")
+        cluster.wait_until_down()
         record(capsys, "3. Airflow SIGKILL -> heartbeats past the health threshold", time.monotonic() - crashed)
 
         dry = cluster.run_cli(args)

@@ -20,7 +20,6 @@ import psutil
 import pytest
 
 from .cluster import (
-    SCHEDULER_HEALTH_THRESHOLD,
     TRIGGERER_HEALTH_THRESHOLD,
     AirflowCluster,
     AttemptMonitor,
@@ -71,15 +70,6 @@ def live_attempt(cluster: AirflowCluster, monitor: AttemptMonitor, dag_id: str, 
     return running[0]
 
 
-def running_holder(cluster: AirflowCluster, dag_id: str, run_id: str) -> tuple[int, int]:
-    """(trigger id, triggerer job id) once the triggerer holding the task's trigger has started running it
-    (assigned is not enough: a triggerer picks new triggers up on its next loop)."""
-    def started() -> tuple[int, int] | None:
-        holder = cluster.trigger_holder(dag_id, run_id)
-        running = holder and holder[1] and "starting" in cluster.trigger_log(dag_id, run_id, holder[1])
-        return holder if running else None
-
-    return wait_for(started, 60, what="a triggerer to be running the trigger")
 
 
 def instance(monitor: AttemptMonitor, instance_id: str) -> dict[str, Any]:
@@ -95,16 +85,12 @@ def gone_and_released(cluster: AirflowCluster, monitor: AttemptMonitor, instance
     return item["state"] == "terminated" and not item["disk"] and not processes_of(cluster, instance_id)
 
 
-def ledger(cluster: AirflowCluster, dag_id: str, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    store = cluster.state_store(dag_id, run_id)
-    attempts = [store[key] for key in sorted(store) if key.startswith("spot.attempt.")]
-    return store.get("spot.job") or {}, attempts
 
 
 def assert_finished_once(cluster: AirflowCluster, monitor: AttemptMonitor, dag_id: str, run_id: str) -> None:
     """Task succeeded; one attempt in the ledger, in XCom and on the backend; never two alive at once."""
     assert cluster.ti_state(dag_id, run_id) == "success"
-    job, attempts = ledger(cluster, dag_id, run_id)
+    job, attempts = cluster.ledger(dag_id, run_id)
     assert job.get("attempts") == 1 and len(attempts) == 1, attempts
     assert attempts[0]["status"] == "succeeded", attempts[0]
     instances = monitor.instances(dag_id, run_id)
@@ -132,7 +118,7 @@ def test_triggerer_killed_while_deferred_new_triggerer_finishes_the_job(cluster,
     run_id = cluster.trigger(dag_id)
     try:
         attempt = live_attempt(cluster, monitor, dag_id, run_id)
-        holder = running_holder(cluster, dag_id, run_id)
+        holder = cluster.running_holder(dag_id, run_id)
         old = cluster.triggerer(holder[1])
         assert old is not None, f"trigger held by unknown triggerer job {holder[1]}"
 
@@ -142,11 +128,7 @@ def test_triggerer_killed_while_deferred_new_triggerer_finishes_the_job(cluster,
         assert processes_of(cluster, attempt["instance_id"]), "the attempt died with the triggerer"
         new = cluster.start_triggerer()
 
-        def picked_up() -> bool:
-            now = cluster.trigger_holder(dag_id, run_id)
-            return bool(now and now[1] == new.job_id) or cluster.ti_state(dag_id, run_id) != "deferred"
-
-        wait_for(picked_up, 60 + TRIGGERER_HEALTH_THRESHOLD, what="the new triggerer to take the trigger")
+        cluster.wait_taken_over(dag_id, run_id, new)
         record(capsys, "1. triggerer SIGKILL -> trigger running in the new triggerer", time.monotonic() - killed)
         info(capsys, f"heartbeat ages at the kill: {ages} (killed job {old.job_id}, "
                      f"threshold {TRIGGERER_HEALTH_THRESHOLD}s)")
@@ -165,7 +147,7 @@ def test_frozen_triggerer_trigger_moves_and_job_finishes_once(cluster, monitor, 
     run_id = cluster.trigger(dag_id)
     try:
         attempt = live_attempt(cluster, monitor, dag_id, run_id)
-        holder = running_holder(cluster, dag_id, run_id)
+        holder = cluster.running_holder(dag_id, run_id)
         frozen = cluster.triggerer(holder[1])
         others = [c for c in cluster.components if c.name == "triggerer" and c.alive() and c is not frozen]
         assert frozen is not None and others, (holder, [c.job_id for c in cluster.components])
@@ -221,7 +203,7 @@ def test_worker_killed_right_after_launch_retry_reconnects(cluster, monitor, cap
         except psutil.NoSuchProcess:
             pytest.fail("the task-runner had already exited (deferred) before it could be killed")
         killed = time.monotonic()
-        _, attempts = ledger(cluster, dag_id, run_id)
+        _, attempts = cluster.ledger(dag_id, run_id)
         first = attempts[0] if attempts else {}
         info(capsys, f"worker killed with attempt 1 recorded as {first.get('status')!r}, instance id "
                      f"{first.get('instance_id')!r}; TI was {cluster.ti_state(dag_id, run_id)!r}")
@@ -245,7 +227,7 @@ def test_mark_failed_while_deferred_terminates_and_releases(cluster, monitor, ca
     run_id = cluster.trigger(dag_id)
     try:
         attempt = live_attempt(cluster, monitor, dag_id, run_id)
-        running_holder(cluster, dag_id, run_id)
+        cluster.running_holder(dag_id, run_id)
         marked = time.monotonic()
         cluster.set_ti_state(dag_id, run_id, "failed")
         wait_for(lambda: gone_and_released(cluster, monitor, attempt["instance_id"]), RELEASE_DEADLINE,
@@ -292,8 +274,7 @@ def test_sweep_after_airflow_crash_removes_the_orphan(cluster, monitor, capsys):
             "the attempt should outlive Airflow"
         # Right after a crash the metadata DB still looks live (fresh heartbeats, task deferred); the
         # sweep can only call the job orphaned once Airflow's heartbeats are older than its health threshold.
-        wait_for(lambda: cluster.newest_heartbeat_age() > SCHEDULER_HEALTH_THRESHOLD + 1, 60,
-                 what="Airflow's last heartbeat to pass the health threshold")
+        cluster.wait_until_down()
         record(capsys, "6. Airflow SIGKILL -> heartbeats past the health threshold", time.monotonic() - crashed)
 
         dry = cluster.run_cli(["sweep"])

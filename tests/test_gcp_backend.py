@@ -8,8 +8,6 @@ import asyncio
 import json
 import os
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from google.cloud import compute_v1
 
 from airflow_spot_provider.backends.base import InstanceState, JobIdentity, LaunchError, LaunchRequest, classify
 
+from .chaos import Chaos
 from .e2e import assert_bit_identical, baseline_model, run_job, train_command
 from .gcp_cloud import FakeGcp, FakeGcs
 from .waiting import wait_for
@@ -115,25 +114,17 @@ def leftovers(gcp: FakeGcp, task_id: str) -> list[str]:
     return found
 
 
-class Chaos(threading.Thread):
-    """Reclaims attempts like the spot market: ``plan[attempt] = (seconds after it is running, notice or None)``."""
+def chaos(gcp: FakeGcp, task_id: str, plan: dict[int, tuple[float, float | None]]) -> Chaos:
+    """Reclaims the job's attempts on ``plan`` (see tests/chaos.py)."""
+    def running() -> list[tuple[str, int]]:
+        return [(f"{zone}/{name}", int(gcp.instance(PROJECT, zone, name)["labels"]["spot-attempt"]))
+                for zone, name in labelled(gcp, task_id, "attempt", "RUNNING")]
 
-    def __init__(self, gcp: FakeGcp, task_id: str, plan: dict[int, tuple[float, float | None]]) -> None:
-        super().__init__(daemon=True)
-        self.gcp, self.task_id, self.plan = gcp, task_id, plan
-        self.seen: dict[str, float] = {}
-        self.done: set[str] = set()
-        self.stop = threading.Event()
+    def preempt(instance_id: str, notice: float | None) -> None:
+        zone, name = instance_id.split("/")
+        gcp.preempt(PROJECT, zone, name, notice_seconds=notice)
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for zone, name in labelled(self.gcp, self.task_id, "attempt", "RUNNING"):
-                attempt = int(self.gcp.instance(PROJECT, zone, name)["labels"]["spot-attempt"])
-                running_for = time.monotonic() - self.seen.setdefault(name, time.monotonic())
-                if attempt in self.plan and name not in self.done and running_for >= self.plan[attempt][0]:
-                    self.done.add(name)
-                    self.gcp.preempt(PROJECT, zone, name, notice_seconds=self.plan[attempt][1])
-            time.sleep(0.2)
+    return Chaos(running, preempt, plan)
 
 
 def gcp_job(gcp: FakeGcp, task_id: str, **kw):
@@ -147,14 +138,14 @@ def test_preempted_twice_backup_saved_resumed_bit_identical(gcp, tmp_path, datas
     command = train_command(dataset, epochs=10, epoch_seconds=0.7)
     # 1st: a notice (GCE's 30 s, here 1.5 s): the job saves and the agent syncs. 2nd: no notice at all, before
     # the agent's first sync, so its newest checkpoints exist only on the dead VM's data disk.
-    chaos = Chaos(gcp, "train", {1: (3.0, 1.5), 2: (2.0, None)})
-    chaos.start()
+    market = chaos(gcp, "train", {1: (3.0, 1.5), 2: (2.0, None)})
+    market.start()
     try:
         result = run_job("gcp_two_preemptions", tmp_path, command, max_preemptions=3, poll_interval=0.3,
                          **{**gcp_job(gcp, "train"), "sync_interval": 3.0})
     finally:
-        chaos.stop.set()
-        chaos.join(timeout=5)
+        market.stop.set()
+        market.join(timeout=5)
     assert result["state"] == "success" and result["try_number"] == 1
     attempts = result["summary"]["attempts"]
     assert [a["status"] for a in attempts] == ["preempted", "preempted", "succeeded"]
@@ -338,7 +329,7 @@ def test_startup_script_carries_no_secret_and_quotes_the_command(gcp):
     be = backend(gcp)
     nasty = ["python", "-c", "print('x')", "; rm -rf / #", "$(id)", "`whoami`"]
     req = request("secret", nasty)
-    text = be.startup_script(req)
+    text = be.boot_script(req)
     assert SECRET not in text and "private_key" not in text
     # The command reaches the VM inside a quoted heredoc of JSON: no shell expansion of its words.
     assert "<<'SPOT_JSON_EOF'" in text and '"; rm -rf / #"' in text

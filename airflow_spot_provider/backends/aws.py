@@ -190,15 +190,12 @@ class AwsBackend(CloudBackend):
     def notice_source(self) -> dict[str, Any]:
         return {"source": "ec2-imds", "rebalance_as_notice": bool(self.options.get("rebalance_as_notice"))}
 
-    def user_data(self, request: LaunchRequest) -> str:
-        return self.boot_script(request)
-
     def run_params(self, request: LaunchRequest) -> dict[str, Any]:
         tags = request.identity.tags(request.attempt)
         params = {
             **self._common(), **self._placement(request.zone),
             "ImageId": request.image, "InstanceType": request.instance_type, "ClientToken": request.call_token,
-            "UserData": self.user_data(request),
+            "UserData": self.boot_script(request),
             "BlockDeviceMappings": [{"DeviceName": DATA_DEVICE, "Ebs": {
                 "VolumeSize": request.disk_gb, "VolumeType": self.options.get("volume_type", "gp3"),
                 "DeleteOnTermination": False, "Encrypted": True}}],

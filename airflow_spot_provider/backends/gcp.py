@@ -256,9 +256,6 @@ class GcpBackend(CloudBackend):
     def notice_source(self) -> dict[str, Any]:
         return {"source": "gce-metadata"}
 
-    def startup_script(self, request: LaunchRequest) -> str:
-        return self.boot_script(request)
-
     def _network(self, zone: str) -> dict[str, Any]:
         nic: dict[str, Any] = {}
         network, subnetwork = self.options.get("network"), self.options.get("subnetwork")
@@ -308,7 +305,7 @@ class GcpBackend(CloudBackend):
             "labels": identity_labels(tags, "data")}}
         return self._vm_body(name, request.zone, request.instance_type, spot=request.market == "spot",
                              labels=identity_labels(tags, "attempt"), description=description, image=request.image,
-                             script=self.startup_script(request), data_disk=data_disk)
+                             script=self.boot_script(request), data_disk=data_disk)
 
     # -- worker side ---------------------------------------------------------------------------
     def launch(self, request: LaunchRequest) -> InstanceFacts:
