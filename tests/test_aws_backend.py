@@ -99,7 +99,7 @@ def aws_job(tmp_path: Path, task_id: str, ami: str, **kw):
 
 @pytest.mark.usefixtures("airflow_db")
 def test_preempted_twice_backup_saved_resumed_bit_identical(aws, ami, tmp_path, dataset, capfd):
-    command = train_command(dataset, epochs=12, epoch_seconds=0.7)
+    command = train_command(dataset, epochs=16, epoch_seconds=0.7)  # room for both planned preemptions
     # 1st: a 2-minute-style notice (here 1.5 s): the job saves and the agent syncs. 2nd: no notice at all and
     # a long sync interval, so the newest checkpoints exist only on the dead VM's EBS volume.
     market = chaos(aws, "train", {1: (2.5, 1.5), 2: (2.5, None)})
