@@ -88,19 +88,35 @@ def _sweep_backends(args: argparse.Namespace) -> list:
     return [get_backend(args.backend, options, conn_id=args.conn_id)]
 
 
+ASSUME_DOWN_WARNING = (
+    "WARNING: --assume-down: Airflow is taken to be down without waiting for its heartbeats to age, so every job "
+    "counts as not live, including tasks the database still shows as running or deferred. If any scheduler or "
+    "triggerer is still running (on any machine), its jobs' VMs and disks are deleted under it.")
+
+
 def cmd_sweep(backend: LocalBackend, args: argparse.Namespace) -> int:
     """Leftovers of jobs that are no longer live in Airflow (asked through its metadata database)."""
-    from airflow_spot_provider.sweep import airflow_db_liveness, sweep
+    from airflow_spot_provider.sweep import AirflowLooksUp, airflow_db_liveness, assumed_down_liveness, sweep
 
+    if args.assume_down and args.heartbeat_seconds is not None:
+        print("sweep: --heartbeat-seconds has no effect with --assume-down (which reads no threshold); "
+              "give one or the other", file=sys.stderr)
+        return 2
     if args.no_airflow:
         is_live = None
     else:
         try:
-            is_live = airflow_db_liveness(args.heartbeat_seconds)
+            is_live = assumed_down_liveness() if args.assume_down else airflow_db_liveness(args.heartbeat_seconds)
+        except AirflowLooksUp as err:
+            print(f"sweep: refusing --assume-down: {err}. Stop it (or wait until it has missed its heartbeats); "
+                  "nothing was deleted.", file=sys.stderr)
+            return 2
         except Exception as err:  # noqa: BLE001 - any failure to reach Airflow means: delete nothing
             print(f"sweep: cannot ask Airflow which jobs are live ({err}); nothing was deleted. "
                   "Use --no-airflow to remove only the disks of finished attempts.", file=sys.stderr)
             return 2
+    if args.assume_down:
+        print(ASSUME_DOWN_WARNING, file=sys.stderr)
     found = 0
     for target in _sweep_backends(args):
         found += sweep(target, is_live, args.delete, print)
@@ -131,8 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--conn-id", default=None, help="Airflow connection of the cloud API (aws/gcp)")
     sweep.add_argument("--option", action="append", metavar="KEY=VALUE",
                        help="backend option, e.g. region_name=us-east-1 (JSON values allowed); repeatable")
-    sweep.add_argument("--no-airflow", action="store_true",
-                       help="do not ask Airflow: only the disks of finished attempts are removed")
+    airflow_view = sweep.add_mutually_exclusive_group()
+    airflow_view.add_argument("--no-airflow", action="store_true",
+                              help="do not ask Airflow: only the disks of finished attempts are removed")
+    airflow_view.add_argument("--assume-down", action="store_true",
+                              help="Airflow is known to be down: every job counts as not live, without waiting "
+                                   "for its heartbeats to age (refused while a scheduler or triggerer heartbeated "
+                                   "moments ago); still a dry run without --delete")
     sweep.add_argument("--heartbeat-seconds", type=float, default=None,
                        help="Airflow counts as down when no scheduler/triggerer heartbeat is this recent "
                             "(default: [scheduler] scheduler_health_check_threshold)")

@@ -2,8 +2,8 @@
 
 A VM, volume/disk or backup-save helper is a leftover when the task instance it belongs to (by its
 tags/labels) is not live in Airflow: finished, failed, removed, or its Airflow is down (no scheduler or
-triggerer heartbeat). A live job's resources are never touched: its operator may be between an
-attempt's end and the backup-save of its disk.
+triggerer heartbeat, or the operator says so with ``--assume-down``). A live job's resources are never
+touched: its operator may be between an attempt's end and the backup-save of its disk.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ LIVE_STATES = frozenset({
     "deferred", "running", "queued", "scheduled", "up_for_retry", "up_for_reschedule", "restarting",
 })
 LIVE_RUN_STATES = frozenset({"running", "queued"})
+#: The Airflow jobs whose heartbeat says "Airflow is up": they are the ones that act on a job's resources.
+HEARTBEAT_JOB_TYPES = ("SchedulerJob", "TriggererJob")
+#: ``--assume-down`` still refuses while a scheduler or triggerer heartbeated within this many of its own
+#: heartbeat intervals: that Airflow is plainly up, and deleting its jobs' VMs would break running tasks.
+ASSUME_DOWN_REFUSE_HEARTBEATS = 2
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ def airflow_db_liveness(heartbeat_seconds: float | None = None) -> Liveness:
     with create_session() as session:
         since = timezone.utcnow() - timedelta(seconds=threshold)
         alive = session.scalar(select(func.count()).select_from(Job).where(
-            Job.job_type.in_(["SchedulerJob", "TriggererJob"]), Job.state == "running", Job.latest_heartbeat > since))
+            Job.job_type.in_(HEARTBEAT_JOB_TYPES), Job.state == "running", Job.latest_heartbeat > since))
 
     def is_live(key: JobKey) -> tuple[bool, str]:
         if not alive:
@@ -118,6 +123,37 @@ def airflow_db_liveness(heartbeat_seconds: float | None = None) -> Liveness:
         return False, f"its task is {state or 'not scheduled'}"
 
     return is_live
+
+
+class AirflowLooksUp(RuntimeError):
+    """``--assume-down`` was given, but a scheduler or triggerer heartbeated moments ago."""
+
+
+def assumed_down_liveness() -> Liveness:
+    """Every job counts as not live (``--assume-down``: the operator knows Airflow is down).
+
+    Task states and the health threshold are not consulted. The one check left is a guard against a
+    mistake: a scheduler or triggerer whose last heartbeat is less than
+    :data:`ASSUME_DOWN_REFUSE_HEARTBEATS` of its heartbeat intervals old raises :class:`AirflowLooksUp`.
+    """
+    from airflow.jobs.job import Job
+    from airflow.sdk import timezone
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        now = timezone.utcnow()
+        ages = [(job, (now - job.latest_heartbeat).total_seconds()) for job in session.scalars(select(Job).where(
+            Job.job_type.in_(HEARTBEAT_JOB_TYPES), Job.state == "running", Job.latest_heartbeat.is_not(None)))]
+        for job, age in ages:
+            if age < ASSUME_DOWN_REFUSE_HEARTBEATS * job.heartrate:
+                raise AirflowLooksUp(
+                    f"{job.job_type} {job.id} on {job.hostname} heartbeated {max(age, 0.0):.1f}s ago (its heartbeat "
+                    f"interval is {job.heartrate:g}s): Airflow looks up")
+    newest = min((age for _, age in ages), default=None)
+    why = "Airflow is assumed down (--assume-down)" + (
+        f"; its last scheduler/triggerer heartbeat was {newest:.0f}s ago" if newest is not None else "")
+    return lambda key: (False, why)
 
 
 def sweep(backend: SpotBackend, is_live: Liveness | None, delete: bool, say: Callable[[str], None]) -> int:

@@ -4,11 +4,15 @@ Three layers, all in this process:
 
 * **moto server** (EC2, S3, ...) on 127.0.0.1, wrapped in a WSGI middleware that counts requests per
   action, makes ``RunInstances`` idempotent on ``ClientToken``, injects launch errors (capacity, price,
-  quota, throttling) with EC2's real error XML and HTTP status, and gives spot launches the spot
-  instance request that EC2 creates for ``InstanceMarketOptions`` (moto creates none).
+  quota, throttling) with EC2's real error XML and HTTP status, refuses any EC2 action on request
+  (``refuse``: a revoked permission), and gives spot launches the spot instance request that EC2
+  creates for ``InstanceMarketOptions`` (moto creates none).
 * **control layer**: spot interruption (IMDS notice, then kill, state reason
   ``Server.SpotInstanceTermination``, spot request ``instance-terminated-by-price``/``closed``),
-  rebalance recommendations and infrastructure loss, done by changing moto's in-memory EC2 backend.
+  rebalance recommendations and infrastructure loss, done by changing moto's in-memory EC2 backend;
+  a termination held in ``shutting-down`` (``hold_termination``/``finish_termination``: moto terminates at
+  once), and ``ModifyInstanceAttribute``'s block device mappings refused as EC2 refuses them (moto changes a
+  terminated instance, and answers a device that is not mapped with a server error).
 * **VM runner**: a thread that runs each running instance's user data as a local ``bash`` process in
   its own session, with a fake IMDSv2 server, a clean environment, EBS data volumes as directories,
   and ``shutdown``/``poweroff``/``halt`` shims that ask the runner to apply the instance's
@@ -66,7 +70,7 @@ import boto3
 import psutil
 from botocore.config import Config
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.ec2.exceptions import InvalidSubnetIdError
+from moto.ec2.exceptions import InvalidInstanceIdError, InvalidSubnetIdError
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.instances import StateReason
 from moto.ec2.models.spot_requests import SpotInstanceRequest
@@ -94,6 +98,13 @@ ERROR_STATUS = {
     "InstanceLimitExceeded": 400,
     "VcpuLimitExceeded": 400,
     "IdempotentParameterMismatch": 400,
+    "UnauthorizedOperation": 403,
+    "AuthFailure": 401,
+}
+#: EC2's own messages for the errors ``refuse`` sends when the test gives none.
+ERROR_MESSAGES = {
+    "UnauthorizedOperation": "You are not authorized to perform this operation.",
+    "AuthFailure": "AWS was not able to validate the provided access credentials",
 }
 SPOT_TERMINATION = ("Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination")
 INTERNAL_ERROR = ("Server.InternalError", "Server.InternalError: Internal error on launch")
@@ -109,6 +120,8 @@ SPOT_STATUS_MESSAGES = {
     "system-error": "An unexpected system error occurred.",
 }
 IMDS_MAX_TTL = 21600
+#: EC2's codes of the instance states a held termination goes through.
+STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
 
 
 def utc_iso(moment: datetime) -> str:
@@ -149,8 +162,29 @@ def ec2_error(code: str, message: str, status: int | None = None) -> _Response:
         f"<Response><Errors><Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error></Errors>"
         f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
     ).encode()
-    reason = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error")
+    reason = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 500: "Internal Server Error",
+              503: "Service Unavailable"}.get(status, "Error")
     return _Response(f"{status} {reason}", [("Content-Type", "text/xml;charset=UTF-8")], b"").with_body(body)
+
+
+def _terminate_response(changes: list[tuple[str, str, str]]) -> _Response:
+    """``TerminateInstances``' answer for (instance id, previous state, current state) triples."""
+    items = "".join(
+        f"<item><instanceId>{escape(iid)}</instanceId>"
+        f"<currentState><code>{STATE_CODES[now]}</code><name>{now}</name></currentState>"
+        f"<previousState><code>{STATE_CODES[before]}</code><name>{before}</name></previousState></item>"
+        for iid, before, now in changes)
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<TerminateInstancesResponse '
+            f'xmlns="http://ec2.amazonaws.com/doc/{EC2_API_VERSION}/"><requestId>{uuid.uuid4()}</requestId>'
+            f"<instancesSet>{items}</instancesSet></TerminateInstancesResponse>").encode()
+    return _Response("200 OK", [("Content-Type", "text/xml;charset=UTF-8")], b"").with_body(body)
+
+
+def _indexed(params: dict[str, str], prefix: str, suffix: str = "") -> list[str]:
+    """Values of ``<prefix>.1<suffix>``, ``<prefix>.2<suffix>``, ... in order."""
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)" + re.escape(suffix))
+    found = sorted((int(m.group(1)), value) for key, value in params.items() if (m := pattern.fullmatch(key)))
+    return [value for _, value in found]
 
 
 def _request_params(environ: dict[str, Any]) -> dict[str, str]:
@@ -448,10 +482,13 @@ class FakeAws:
         self._counts: collections.Counter[str] = collections.Counter()
         self._fail_rules: list[_FailRule] = []
         self._throttles: dict[str, int] = {}
+        self._refusals: dict[str, tuple[str, str]] = {}
         self._tokens: dict[str, tuple[dict[str, str], _Response]] = {}
         self._vms: dict[str, _Vm] = {}
         self._metadata: dict[str, _Metadata] = {}
         self._due: dict[str, _DueKill] = {}
+        #: Instances whose TerminateInstances stops at ``shutting-down`` until ``finish_termination``.
+        self._held: set[str] = set()
         self._closed = False
         self._server = self._start_moto()
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
@@ -501,7 +538,9 @@ class FakeAws:
         with self._state_lock:
             self._fail_rules.clear()
             self._throttles.clear()
+            self._refusals.clear()
             self._tokens.clear()
+            self._held.clear()
         self.reset_calls()
         self.runner_errors.clear()
 
@@ -568,6 +607,12 @@ class FakeAws:
         with self._runner_lock:
             return sorted({proc.pid for vm in self._vms.values() for proc in self._members(vm)})
 
+    def tracked(self, instance_id: str) -> set[int]:
+        """Pids of the VM's descendants the runner has recorded: killed even after they leave its session."""
+        with self._runner_lock:
+            vm = self._vms.get(instance_id)
+            return set(vm.tracked) if vm is not None else set()
+
     def wait_gone(self, instance_id: str, timeout: float = 10.0) -> str:
         """Wait until the instance is terminated or stopped and its processes are dead; returns the state."""
 
@@ -596,11 +641,17 @@ class FakeAws:
         with self._state_lock:
             self._fail_rules.clear()
             self._throttles.clear()
+            self._refusals.clear()
 
     def throttle(self, action: str = "RunInstances", times: int = 1) -> None:
         """The next ``times`` calls of ``action`` get ``RequestLimitExceeded`` (503)."""
         with self._state_lock:
             self._throttles[action] = self._throttles.get(action, 0) + times
+
+    def refuse(self, action: str, code: str = "UnauthorizedOperation", message: str | None = None) -> None:
+        """Every call of the EC2 ``action`` fails with ``code`` until ``clear_failures`` (a revoked permission)."""
+        with self._state_lock:
+            self._refusals[action] = (code, message or ERROR_MESSAGES.get(code, code))
 
     # ---- control layer -----------------------------------------------------------------------------
 
@@ -630,6 +681,23 @@ class FakeAws:
         with self._runner_lock:
             self._require_running(instance_id)
             self._terminate_by_service(instance_id, INTERNAL_ERROR, spot_status)
+
+    def hold_termination(self, instance_id: str) -> None:
+        """TerminateInstances of this instance leaves it ``shutting-down`` until :meth:`finish_termination`.
+
+        What EC2 shows for the seconds to minutes a termination takes: the VM is killed at once, its volumes
+        stay attached (``in-use``: DeleteVolume is refused), DescribeInstances says ``shutting-down``."""
+        with self._state_lock:
+            self.ec2_backend.get_instance(instance_id)  # an unknown id fails here, not in a later call
+            self._held.add(instance_id)
+
+    def finish_termination(self, instance_id: str) -> None:
+        """End a held termination: ``terminated``, volumes detached, the ``DeleteOnTermination`` ones deleted."""
+        with self._state_lock:
+            self._held.discard(instance_id)
+            instance = self.ec2_backend.get_instance(instance_id)
+            if instance._state.name == "shutting-down":
+                instance.terminate()  # moto's: detaches every volume, deletes those marked DeleteOnTermination
 
     def _require_running(self, instance_id: str) -> None:
         state = self.instance_state(instance_id)
@@ -691,9 +759,15 @@ class FakeAws:
         return [response.body]
 
     def _ec2_request(self, environ: dict[str, Any], action: str, params: dict[str, str]) -> _Response:
+        if refusal := self._refusals.get(action):
+            return ec2_error(*refusal)
         if self._throttles.get(action):
             self._throttles[action] -= 1
             return ec2_error("RequestLimitExceeded", "Request limit exceeded.")
+        if action == "TerminateInstances" and (held := self._held_termination(params)) is not None:
+            return held
+        if action == "ModifyInstanceAttribute" and (refused := self._refused_modification(params)) is not None:
+            return refused
         if action != "RunInstances":
             return self._call_moto(environ)
         token = params.get("ClientToken")
@@ -711,6 +785,48 @@ class FakeAws:
             if token:
                 self._tokens[token] = (params, response)
         return response
+
+    def _held_termination(self, params: dict[str, str]) -> _Response | None:
+        """TerminateInstances of held instances: ``shutting-down`` (the runner kills the VM), volumes attached."""
+        ids = _indexed(params, "InstanceId")
+        held = [i for i in ids if i in self._held]
+        if not held:
+            return None
+        if len(held) != len(ids):
+            return ec2_error("InternalError", "fake: one call may not mix held and other instances", 500)
+        changes = []
+        for instance_id in held:
+            instance = self.ec2_backend.get_instance(instance_id)
+            before = instance._state.name
+            if before not in ("shutting-down", "terminated"):
+                instance._state.name, instance._state.code = "shutting-down", STATE_CODES["shutting-down"]
+                instance._reason = f"User initiated ({datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} GMT)"
+                instance.state_reason = StateReason("Client.UserInitiatedShutdown: User initiated shutdown",
+                                                    "Client.UserInitiatedShutdown")
+            changes.append((instance_id, before, instance._state.name))
+        return _terminate_response(changes)
+
+    def _refused_modification(self, params: dict[str, str]) -> _Response | None:
+        """EC2's refusals of a ``BlockDeviceMapping`` change, which moto makes anyway or answers with a 500."""
+        devices = _indexed(params, "BlockDeviceMapping", ".DeviceName")
+        if not devices:
+            return None
+        instance_id = params.get("InstanceId", "")
+        try:
+            instance = self.ec2_backend.get_instance(instance_id)
+        except InvalidInstanceIdError:
+            return None  # moto answers with EC2's own NotFound error
+        if instance._state.name in ("shutting-down", "terminated"):
+            return ec2_error("IncorrectInstanceState", f"The instance '{instance_id}' is not in a state from which "
+                                                       "it can be modified.")
+        for index, device in enumerate(devices, start=1):
+            if device not in instance.block_device_mapping:
+                return ec2_error("InvalidInstanceAttributeValue", f"No device is currently mapped at {device}")
+            flag = params.get(f"BlockDeviceMapping.{index}.Ebs.DeleteOnTermination")
+            if flag not in (None, "true", "false"):
+                return ec2_error("InvalidParameterValue", f"Value ({flag}) for parameter DeleteOnTermination is "
+                                                          "invalid.")
+        return None
 
     def _injected_failure(self, params: dict[str, str]) -> _Response | None:
         instance_type = params.get("InstanceType", "m1.small")  # moto's default type

@@ -26,6 +26,8 @@ class JsonFileStateStore:
         self.path.write_text(json.dumps(data))
 
 
-def context(state_path: Path, try_number: int = 1) -> dict[str, Any]:
-    ti = SimpleNamespace(dag_id="crash_dag", run_id="run-1", task_id="train", map_index=-1, try_number=try_number)
+def context(state_path: Path, try_number: int = 1, task_id: str = "train") -> dict[str, Any]:
+    xcom: dict[str, Any] = {}  # the extra links' URLs (the cloud backends have some)
+    ti = SimpleNamespace(dag_id="crash_dag", run_id="run-1", task_id=task_id, map_index=-1, try_number=try_number,
+                         xcom=xcom, xcom_push=lambda key, value: xcom.__setitem__(key, value))
     return {"ti": ti, "task_state_store": JsonFileStateStore(state_path)}

@@ -9,7 +9,8 @@ GCS emulator.
   deduplicates, labels and names follow the GCE formats, fingerprints are enforced.
 - Control layer: ``preempt`` (notice on the metadata server, ACPI soft-off SIGTERM, hard-off after the
   notice, a ``compute.instances.preempted`` zone operation), ``lose`` (host loss), ``fail_insert``
-  (capacity, quota and rate-limit errors shaped like the real ones).
+  (capacity, quota and rate-limit errors shaped like the real ones), ``hold_deletion``/``finish_deletion``
+  (a deleted VM stays ``STOPPING`` with its delete operation ``RUNNING`` until the test lets it go).
 - The VM runner executes each RUNNING instance's ``startup-script`` as a local process group with a clean
   environment pointing at that instance's metadata server and the GCS emulator; disks are directories,
   and the disk attached as ``spot-data`` appears at ``$SPOT_ROOT/data``.
@@ -319,6 +320,7 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [(verb, re.compile(path), name)
     ("POST", _I + "/detachDisk", "instances.detachDisk"),
     ("POST", _I + "/setLabels", "instances.setLabels"),
     ("POST", _I + "/setMetadata", "instances.setMetadata"),
+    ("POST", _I + "/setDiskAutoDelete", "instances.setDiskAutoDelete"),
     ("GET", _I + "/serialPort", "instances.getSerialPortOutput"),
     ("POST", _Z + "/disks", "disks.insert"),
     ("GET", _Z + "/disks", "disks.list"),
@@ -542,6 +544,8 @@ class FakeGcp:
         self._events: list[tuple[float, int, Callable[[], None]]] = []
         self._event_seq = itertools.count()
         self._pgids: set[int] = set()
+        self._held_deletions: set[tuple[str, str, str]] = set()  # VMs whose delete waits for finish_deletion
+        self._deleting: dict[tuple[str, str, str], list[_Op]] = {}  # held deletions in progress: their operations
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def __enter__(self) -> FakeGcp:
@@ -778,6 +782,27 @@ class FakeGcp:
                 self._delete_vm(vm)
             else:
                 self._halt(vm)
+            self._changed.notify_all()
+
+    def hold_deletion(self, project: str, zone: str, name: str) -> None:
+        """instances.delete of this VM leaves it ``STOPPING`` (processes killed, disks attached) with its delete
+        operation ``RUNNING`` until :meth:`finish_deletion`: what GCE shows for the tens of seconds a delete
+        takes. Changes to a VM being deleted are refused (``resourceNotReady``)."""
+        with self._changed:
+            if (project, zone, name) not in self._vms:
+                raise ValueError(f"no instance {project}/{zone}/{name}")
+            self._held_deletions.add((project, zone, name))
+
+    def finish_deletion(self, project: str, zone: str, name: str) -> None:
+        """End a held deletion: the VM goes, with its ``autoDelete`` disks; its delete operations are DONE."""
+        with self._changed:
+            key = (project, zone, name)
+            self._held_deletions.discard(key)
+            ops = self._deleting.pop(key, [])
+            if ops and (vm := self._vms.get(key)) is not None:
+                self._delete_vm(vm)
+            for op in ops:
+                op.finish()
             self._changed.notify_all()
 
     def _hard_off(self, vm: _Vm, op: _Op) -> None:
@@ -1361,8 +1386,21 @@ class FakeGcp:
     def _api_instances_delete(self, args: dict[str, str], user: str, **_: Any) -> dict[str, Any]:
         vm = self._vm(args)
         link, target_id = vm.resource["selfLink"], vm.resource["id"]
+        if vm.key in self._held_deletions:  # torn down, but on record until finish_deletion
+            if vm.key not in self._deleting:
+                vm.resource["status"] = "STOPPING"
+                self._kill(vm)
+            op = self._new_op(vm.project, vm.zone, "delete", link, target_id, user=user, status="RUNNING")
+            self._deleting.setdefault(vm.key, []).append(op)
+            return op.view()
         self._delete_vm(vm)
         return self._new_op(vm.project, vm.zone, "delete", link, target_id, user=user).view()
+
+    def _not_deleting(self, vm: _Vm) -> _Vm:
+        if vm.key in self._deleting:
+            raise ApiError(400, "resourceNotReady", f"The resource '{_partial(vm.resource['selfLink'])}' is not "
+                                                    "ready")
+        return vm
 
     def _delete_vm(self, vm: _Vm) -> None:
         self._kill(vm)
@@ -1390,7 +1428,7 @@ class FakeGcp:
                             user=user).view()
 
     def _api_instances_stop(self, args: dict[str, str], user: str, **_: Any) -> dict[str, Any]:
-        vm = self._vm(args)
+        vm = self._not_deleting(self._vm(args))
         if vm.status != "TERMINATED":
             vm.resource["status"] = "STOPPING"
             self._halt(vm)  # the operation is DONE once the instance is TERMINATED, as on GCE
@@ -1399,7 +1437,7 @@ class FakeGcp:
 
     def _api_instances_attachDisk(self, args: dict[str, str], body: dict[str, Any], user: str,
                                   **_: Any) -> dict[str, Any]:
-        vm = self._vm(args)
+        vm = self._not_deleting(self._vm(args))
         if "source" not in body:
             raise ApiError(400, "required", "Required field 'resource.source' not specified")
         disk = self._disk_by_ref(vm.project, vm.zone, body["source"], "resource.source")
@@ -1419,7 +1457,7 @@ class FakeGcp:
 
     def _api_instances_detachDisk(self, args: dict[str, str], query: dict[str, str], user: str,
                                   **_: Any) -> dict[str, Any]:
-        vm = self._vm(args)
+        vm = self._not_deleting(self._vm(args))
         device = query.get("deviceName")
         if not device:
             raise ApiError(400, "required", "Required field 'deviceName' not specified")
@@ -1432,6 +1470,26 @@ class FakeGcp:
         self._release(self._disk_by_ref(vm.project, vm.zone, attached["source"], "source"), vm.resource["selfLink"])
         self._mount(vm)
         return self._new_op(vm.project, vm.zone, "detachDisk", vm.resource["selfLink"], vm.resource["id"],
+                            user=user).view()
+
+    def _api_instances_setDiskAutoDelete(self, args: dict[str, str], query: dict[str, str], user: str,
+                                         **_: Any) -> dict[str, Any]:
+        """Both query parameters are required (the client always sends them); autoDelete is a JSON boolean."""
+        vm = self._vm(args)
+        for field_name in ("autoDelete", "deviceName"):
+            if not query.get(field_name):
+                raise ApiError(400, "required", f"Required field '{field_name}' not specified")
+        flag, device = query["autoDelete"], query["deviceName"]
+        if flag not in ("true", "false"):
+            raise _invalid("autoDelete", flag, "Must be a boolean (true or false).")
+        attached = next((d for d in vm.resource["disks"] if d.get("deviceName") == device), None)
+        if attached is None:
+            raise _invalid("deviceName", device, f"No attached disk found with device name '{device}'")
+        if vm.status == "STOPPING":  # being stopped (a preemption) or deleted
+            raise ApiError(400, "resourceNotReady", f"The resource '{_partial(vm.resource['selfLink'])}' is not "
+                                                    "ready")
+        attached["autoDelete"] = flag == "true"
+        return self._new_op(vm.project, vm.zone, "setDiskAutoDelete", vm.resource["selfLink"], vm.resource["id"],
                             user=user).view()
 
     def _release(self, disk: dict[str, Any], instance_link: str) -> None:

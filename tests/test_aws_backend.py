@@ -18,6 +18,7 @@ from airflow_spot_provider.checkpoints.store import CheckpointStore
 from .aws_cloud import FakeAws
 from .chaos import Chaos
 from .e2e import assert_bit_identical, baseline_model, run_job, train_command
+from .test_on_kill import HelperTaskEnded, TaskEnded, stalled_python, start_on_kill
 from .waiting import wait_for
 
 CONN_ID = "spot_aws"
@@ -79,7 +80,7 @@ def leftovers(aws: FakeAws, task_id: str) -> list[str]:
     return instances + volumes
 
 
-def chaos(aws: FakeAws, task_id: str, plan: dict[int, tuple[float, float | None]]) -> Chaos:
+def chaos(aws: FakeAws, task_id: str, plan: dict[int, tuple[int, float | None]]) -> Chaos:
     """Reclaims the job's attempts on ``plan`` (see tests/chaos.py)."""
     flt = [{"Name": "tag:spot-task-id", "Values": [task_id]}, {"Name": "tag:spot-role", "Values": ["attempt"]},
            {"Name": "instance-state-name", "Values": ["running"]}]
@@ -89,7 +90,8 @@ def chaos(aws: FakeAws, task_id: str, plan: dict[int, tuple[float, float | None]
         return [(i["InstanceId"], int({t["Key"]: t["Value"] for t in i["Tags"]}["spot-attempt"]))
                 for r in reservations for i in r["Instances"]]
 
-    return Chaos(running, lambda iid, notice: aws.preempt(iid, notice_seconds=notice), plan)
+    return Chaos(running, lambda iid: aws.root / "vms" / iid / "root" / "data" / "checkpoints",
+                 lambda iid, notice: aws.preempt(iid, notice_seconds=notice), plan)
 
 
 def aws_job(tmp_path: Path, task_id: str, ami: str, **kw):
@@ -99,16 +101,19 @@ def aws_job(tmp_path: Path, task_id: str, ami: str, **kw):
 
 @pytest.mark.usefixtures("airflow_db")
 def test_preempted_twice_backup_saved_resumed_bit_identical(aws, ami, tmp_path, dataset, capfd):
-    command = train_command(dataset, epochs=16, epoch_seconds=0.7)  # room for both planned preemptions
-    # 1st: a 2-minute-style notice (here 1.5 s): the job saves and the agent syncs. 2nd: no notice at all and
-    # a long sync interval, so the newest checkpoints exist only on the dead VM's EBS volume.
-    market = chaos(aws, "train", {1: (2.5, 1.5), 2: (2.5, None)})
+    command = train_command(dataset, epochs=8, epoch_seconds=0.5)
+    # 1st, at step 200: a 2-minute-style notice (here 60 s): the job saves, the agent syncs and powers the VM off
+    # long before the deadline, so the notice decides, however slow the machine. 2nd, at step 500:
+    # no notice at all, and no periodic sync before it, so the newest checkpoints exist only on the dead VM's
+    # EBS volume.
+    market = chaos(aws, "train", {1: (200, 60.0), 2: (500, None)})
     market.start()
     try:
         result = run_job("aws_two_preemptions", tmp_path, command, max_preemptions=3, poll_interval=0.3,
-                         **{**aws_job(tmp_path, "train", ami), "sync_interval": 1.0})
+                         **{**aws_job(tmp_path, "train", ami), "sync_interval": 600.0})
     finally:
         market.stop.set()
+        market.join()
     assert result["state"] == "success" and result["try_number"] == 1
     attempts = result["summary"]["attempts"]
     assert [a["status"] for a in attempts] == ["preempted", "preempted", "succeeded"]
@@ -116,6 +121,7 @@ def test_preempted_twice_backup_saved_resumed_bit_identical(aws, ami, tmp_path, 
     assert attempts[0]["reason"].startswith("interruption notice")
     assert "Server.SpotInstanceTermination" in attempts[1]["reason"]  # no notice: EC2's state reason decides
     assert attempts[1]["backup_save"]["uploaded"]  # the helper instance recovered files from the EBS volume
+    assert attempts[1]["backup_save"]["helper_id"] in set(ids(aws, "train")) - {a["instance_id"] for a in attempts}
     assert attempts[0]["notice_at"] is not None and attempts[1]["notice_at"] is None
     for before, after in zip(attempts, attempts[1:], strict=False):
         assert after["restored_from"] == before["last_checkpoint"] is not None
@@ -319,3 +325,149 @@ def test_no_spot_capacity_before_the_deadline_goes_on_demand(aws, ami, tmp_path,
     assert [e["market"] for e in attempt["launch_errors"]] == ["spot", "spot"]
     assert attempt["price_per_hour"] == attempt["on_demand_price_per_hour"] == 0.096
     assert leftovers(aws, "late_job") == []
+
+
+def test_revoked_describe_fails_the_try_and_the_retries_pick_up_the_attempt_and_the_helper(aws, ami, tmp_path):
+    """ec2:DescribeInstances refused (UnauthorizedOperation) past describe_failure_timeout: the try fails with
+    EC2's error, the attempt (later, its backup-save helper) stays on record untouched, the next try resumes it."""
+    from airflow.sdk.exceptions import AirflowException, TaskDeferred
+
+    from airflow_spot_provider.operators.spot_training import SpotTrainingOperator
+
+    from .fake_context import context
+
+    ledger = tmp_path / "ledger.json"
+    op = SpotTrainingOperator(task_id="revoked", command=[sys.executable, "-c", "import time; time.sleep(600)"],
+                              poll_interval=0.2, describe_failure_timeout=1.0, **aws_job(tmp_path, "revoked", ami))
+
+    def ctx(try_number: int) -> dict:
+        return context(ledger, try_number, task_id="revoked")
+
+    def next_event(trigger) -> dict:
+        return asyncio.run(asyncio.wait_for(anext(trigger.run()), 120)).payload
+
+    def refused_event(trigger) -> dict:
+        aws.refuse("DescribeInstances")
+        try:
+            return next_event(trigger)
+        finally:
+            aws.clear_failures()
+
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(ctx(1))
+    attempt = deferred.value.trigger
+    assert attempt.serialize()[1]["describe_failure_timeout"] == 1.0
+    event = refused_event(attempt)
+    assert event["status"] == "error" and "UnauthorizedOperation" in event["reason"]
+    before = ledger.read_text()
+    with pytest.raises(AirflowException, match="UnauthorizedOperation"):
+        op.execute_complete(ctx(1), event)
+    assert ledger.read_text() == before  # still running, same instance, nothing released
+    assert aws.instance_state(attempt.instance_id) == "running"
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(ctx(2))  # reconnects to the same VM
+    assert deferred.value.trigger.instance_id == attempt.instance_id
+
+    aws.preempt(attempt.instance_id, notice_seconds=None)
+    aws.wait_gone(attempt.instance_id)
+    event = next_event(deferred.value.trigger)
+    assert event["status"] == "preempted"
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute_complete(ctx(2), event)  # the disk is saved by a helper VM
+    helper = deferred.value.trigger
+    assert deferred.value.method_name == "backup_save_complete" and helper.instance_id != attempt.instance_id
+    event = refused_event(helper)
+    assert event["status"] == "error" and "UnauthorizedOperation" in event["reason"]
+    before = ledger.read_text()
+    with pytest.raises(AirflowException, match="UnauthorizedOperation"):
+        op.backup_save_complete(ctx(2), event)
+    assert ledger.read_text() == before  # the helper is still the attempt's, no backup-save error counted
+    assert json.loads(before)["spot.attempt.0001"]["backup_helper"] == helper.instance_id
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(ctx(3))  # waits for the same helper again
+    assert deferred.value.method_name == "backup_save_complete"
+    assert deferred.value.trigger.instance_id == helper.instance_id
+
+    event = next_event(deferred.value.trigger)
+    assert event["status"] == "done"
+    with pytest.raises(TaskDeferred) as deferred:
+        op.backup_save_complete(ctx(3), event)  # saved and released: attempt 2 is launched
+    first = json.loads(ledger.read_text())["spot.attempt.0001"]
+    assert first["released"] and not first["backup_save"]["error"] and first["backup_save_errors"] == []
+    backend().terminate(deferred.value.trigger.instance_id)
+    backend().release(deferred.value.trigger.instance_id)
+    assert leftovers(aws, "revoked") == []
+
+
+def data_mapping(aws: FakeAws, instance_id: str) -> dict:
+    """The instance's block device mapping at the data device."""
+    from airflow_spot_provider.backends.aws import DATA_DEVICE
+
+    reservations = aws.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return next(m for r in reservations for i in r["Instances"] for m in i["BlockDeviceMappings"]
+                if m["DeviceName"] == DATA_DEVICE)
+
+
+def test_on_kill_leaves_the_volume_to_ec2_and_returns_while_the_instance_shuts_down(aws, ami):
+    """on_kill has 30 s and EC2 may take minutes to terminate: the data volume is marked DeleteOnTermination
+    and nothing waits. The fake holds the termination until on_kill has returned, then lets it finish."""
+    be = backend()
+    req = request(ami, "killed", [sys.executable, "-c", "import time; time.sleep(600)"])
+    instance_id = be.launch(req).instance_id
+    wait_for(lambda: aws.instance_state(instance_id) == "running", what="the attempt to run")
+    volume = data_mapping(aws, instance_id)["Ebs"]["VolumeId"]
+    aws.hold_termination(instance_id)
+    killing = start_on_kill(TaskEnded(backend=be.serialize(), instance_id=instance_id, attempt=1,
+                                      checkpoint_uri=req.checkpoint_uri, conn_id=CONN_ID))
+    try:
+        wait_for(killing.done, 60, what="on_kill to return while EC2 still terminates the instance")
+        killing.result()
+        assert aws.instance_state(instance_id) == "shutting-down"
+        ebs = data_mapping(aws, instance_id)["Ebs"]
+        assert ebs["VolumeId"] == volume and ebs["DeleteOnTermination"] is True  # still attached, marked
+    finally:
+        aws.finish_termination(instance_id)
+    wait_for(lambda: leftovers(aws, "killed") == [], what="EC2 to delete the volume with the instance")
+
+
+def test_on_kill_of_a_backup_save_helper_keeps_the_volume_it_copies(aws, ami, tmp_path):
+    """A helper killed mid-copy goes alone, without waiting: the volume holds checkpoints no store has yet."""
+    be = backend(python=stalled_python(tmp_path))
+    req = request(ami, "helperkill", [sys.executable, "-c", "pass"])
+    instance_id = be.launch(req).instance_id
+    wait_for(lambda: aws.instance_state(instance_id) == "running", what="the attempt to run")
+    volume = data_mapping(aws, instance_id)["Ebs"]["VolumeId"]
+    unsaved = aws.volume_dir(volume) / "checkpoints" / "ckpt-00000001"
+    unsaved.parent.mkdir(parents=True, exist_ok=True)
+    unsaved.write_bytes(b"written after the last sync")
+    aws.preempt(instance_id, notice_seconds=None)
+    aws.wait_gone(instance_id)
+    store = CheckpointStore.from_uri(req.checkpoint_uri, endpoint_url=aws.endpoint, key="x", secret="x")
+    helper = be.backup_save(instance_id, store, 1, r"(?P<step>\d+)", token=req.token).helper_id
+    assert helper and data_mapping(aws, helper)["Ebs"]["VolumeId"] == volume
+    aws.hold_termination(helper)
+    killing = start_on_kill(HelperTaskEnded(backend=be.serialize(), instance_id=helper, attempt=1,
+                                            checkpoint_uri=req.checkpoint_uri, conn_id=CONN_ID))
+    try:
+        wait_for(killing.done, 60, what="on_kill to return while EC2 still terminates the helper")
+        killing.result()
+        assert aws.instance_state(helper) == "shutting-down"
+        assert data_mapping(aws, helper)["Ebs"]["DeleteOnTermination"] is False
+    finally:
+        aws.finish_termination(helper)
+    assert aws.client("ec2").describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "available"
+    assert unsaved.read_bytes() == b"written after the last sync"
+    be.release(instance_id, token=req.token)
+    assert leftovers(aws, "helperkill") == []
+
+
+def test_cancel_of_an_instance_already_gone_deletes_its_volume_at_once(aws, ami):
+    be = backend()
+    instance_id = be.launch(request(ami, "alreadygone", [sys.executable, "-c", "import time; time.sleep(600)"])) \
+        .instance_id
+    wait_for(lambda: aws.instance_state(instance_id) == "running", what="the attempt to run")
+    aws.lose(instance_id)
+    aws.wait_gone(instance_id)
+    assert len(leftovers(aws, "alreadygone")) == 1  # the data volume outlives its instance
+    be.cancel(instance_id)
+    assert leftovers(aws, "alreadygone") == []

@@ -7,6 +7,7 @@ closing it and checking that no VM process outlived it.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 import urllib.error
 import urllib.request
@@ -168,6 +169,18 @@ def test_botocore_max_attempts_1_still_retries_once(fake: FakeAws):
     assert fake.calls["RunInstances"] == 2
     fake.throttle("RunInstances", times=2)
     assert error_of(lambda: launch_with(ec2))[:2] == ("RequestLimitExceeded", 503)
+
+
+def test_refused_action_fails_with_ec2_error_until_cleared(fake: FakeAws):
+    # A revoked ec2:DescribeInstances permission: every call of that action (retries too), no other action.
+    ec2 = fake.client("ec2")
+    fake.refuse("DescribeInstances")
+    assert error_of(ec2.describe_instances) == (
+        "UnauthorizedOperation", 403, "You are not authorized to perform this operation.")
+    assert fake.calls["DescribeInstances"] == 1  # botocore does not retry an authorization error
+    assert launch_with(ec2)
+    fake.clear_failures()
+    assert len(ec2.describe_instances()["Reservations"]) == 1
 
 
 def launch_with(ec2) -> str:
@@ -362,26 +375,63 @@ def test_api_terminate_kills_at_once_and_finished_user_data_keeps_instance_runni
     victims = fake.processes_alive()
     assert victims
 
-    started = time.monotonic()
     fake.client("ec2").terminate_instances(InstanceIds=[sleeper])
-    wait_until(lambda: not fake.processes_alive(), 3, interval=0.01, what="VM processes to die")
-    assert time.monotonic() - started < 1.0  # ~0.1 s poll; generous for a loaded machine
+    wait_until(lambda: not fake.processes_alive(), 60, interval=0.01, what="VM processes to die")
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
                    for pid in victims)
     time.sleep(0.3)
     assert fake.instance_state(done) == "running"  # like EC2: user data ending is not a shutdown
 
 
+def test_held_termination_and_a_data_volume_marked_delete_on_termination(fake: FakeAws):
+    ec2 = fake.client("ec2")
+    instance_id = launch(fake, SLEEPER, BlockDeviceMappings=DATA_BDM)["InstanceId"]
+    volume = data_volume(describe(fake, instance_id))
+    wait_until(lambda: "booted" in fake.console(instance_id), 10)
+
+    def mark(device: str = "/dev/sdf"):
+        return ec2.modify_instance_attribute(InstanceId=instance_id, BlockDeviceMappings=[
+            {"DeviceName": device, "Ebs": {"DeleteOnTermination": True}}])
+
+    # EC2 refuses a device the instance does not have (moto would answer with a server error).
+    assert error_of(lambda: mark("/dev/sdz"))[:2] == ("InvalidInstanceAttributeValue", 400)
+    mark()
+    [mapping] = [m for m in describe(fake, instance_id)["BlockDeviceMappings"] if m["DeviceName"] == "/dev/sdf"]
+    assert mapping["Ebs"]["DeleteOnTermination"] is True
+
+    fake.hold_termination(instance_id)
+    [change] = ec2.terminate_instances(InstanceIds=[instance_id])["TerminatingInstances"]
+    assert (change["PreviousState"]["Name"], change["CurrentState"]["Name"]) == ("running", "shutting-down")
+    wait_until(lambda: not fake.processes_alive(), 5, what="the VM to be killed")
+    assert describe(fake, instance_id)["State"] == {"Code": 32, "Name": "shutting-down"}
+    # Still attached while EC2 tears the instance down: not deletable, no longer modifiable.
+    assert ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "in-use"
+    assert error_of(lambda: ec2.delete_volume(VolumeId=volume))[0] == "VolumeInUse"
+    assert error_of(mark)[:2] == ("IncorrectInstanceState", 400)
+    [again] = ec2.terminate_instances(InstanceIds=[instance_id])["TerminatingInstances"]
+    assert again["CurrentState"]["Name"] == "shutting-down"
+
+    fake.finish_termination(instance_id)
+    assert fake.instance_state(instance_id) == "terminated"
+    assert error_of(lambda: ec2.describe_volumes(VolumeIds=[volume]))[0] == "InvalidVolume.NotFound"
+    assert error_of(mark)[:2] == ("IncorrectInstanceState", 400)
+
+
 def test_close_kills_every_vm_process_including_escaped_sessions(tmp_path: Path):
-    # The runner kills descendants it has seen: the escapee leaves its session only after the runner's next poll.
-    script = ("#!/bin/bash\npython -c 'import os, time; time.sleep(0.5); os.setsid(); time.sleep(600)' &\n"
-              "sleep 600 &\necho booted\nwait\n")
+    # The runner kills descendants it has seen (the documented limit): the escapee leaves its session only once
+    # the runner lists it, then says so.
+    go, escaped = tmp_path / "go", tmp_path / "escaped"
+    escapee = (f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+               f"os.setsid(); open({str(escaped)!r}, 'w').close(); time.sleep(600)")
+    script = f"#!/bin/bash\npython -c {shlex.quote(escapee)} &\nsleep 600 &\necho booted\nwait\n"
     cloud = FakeAws(tmp_path / "aws")
     try:
         instance_id = launch(cloud, script)["InstanceId"]
-        wait_until(lambda: "booted" in cloud.console(instance_id), 10)
-        pids = wait_until(lambda: (p := cloud.processes_alive()) and len(p) >= 3 and p, 5, what="3 VM processes")
-        time.sleep(1.0)  # the escapee has left the session by now
+        wait_until(lambda: "booted" in cloud.console(instance_id), 60)
+        pids = wait_until(lambda: (p := cloud.processes_alive()) and len(p) >= 3 and p, 60, what="3 VM processes")
+        wait_until(lambda: len(cloud.tracked(instance_id)) >= 2, 60, what="the runner to record the descendants")
+        go.touch()
+        wait_until(escaped.exists, 60, what="the escapee to leave its session")
         with pytest.raises(RuntimeError, match="another FakeAws"):
             FakeAws(tmp_path / "other")
     finally:

@@ -15,10 +15,12 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
 from airflow_spot_provider.backends.base import InstanceState, JobIdentity, LaunchError, LaunchRequest, classify
+from airflow_spot_provider.backends.gcp import DATA_DEVICE, data_disk_name, helper_name
 
 from .chaos import Chaos
 from .e2e import assert_bit_identical, baseline_model, run_job, train_command
 from .gcp_cloud import FakeGcp, FakeGcs
+from .test_on_kill import HelperTaskEnded, TaskEnded, stalled_python, start_on_kill
 from .waiting import wait_for
 
 CONN_ID = "spot_gcp"
@@ -114,7 +116,7 @@ def leftovers(gcp: FakeGcp, task_id: str) -> list[str]:
     return found
 
 
-def chaos(gcp: FakeGcp, task_id: str, plan: dict[int, tuple[float, float | None]]) -> Chaos:
+def chaos(gcp: FakeGcp, task_id: str, plan: dict[int, tuple[int, float | None]]) -> Chaos:
     """Reclaims the job's attempts on ``plan`` (see tests/chaos.py)."""
     def running() -> list[tuple[str, int]]:
         return [(f"{zone}/{name}", int(gcp.instance(PROJECT, zone, name)["labels"]["spot-attempt"]))
@@ -124,7 +126,10 @@ def chaos(gcp: FakeGcp, task_id: str, plan: dict[int, tuple[float, float | None]
         zone, name = instance_id.split("/")
         gcp.preempt(PROJECT, zone, name, notice_seconds=notice)
 
-    return Chaos(running, preempt, plan)
+    def checkpoints(instance_id: str) -> Path:
+        return gcp.root / "vms" / instance_id.split("/")[1] / "root" / "data" / "checkpoints"
+
+    return Chaos(running, checkpoints, preempt, plan)
 
 
 def gcp_job(gcp: FakeGcp, task_id: str, **kw):
@@ -135,17 +140,17 @@ def gcp_job(gcp: FakeGcp, task_id: str, **kw):
 
 @pytest.mark.usefixtures("airflow_db")
 def test_preempted_twice_backup_saved_resumed_bit_identical(gcp, tmp_path, dataset):
-    command = train_command(dataset, epochs=10, epoch_seconds=0.7)
-    # 1st: a notice (GCE's 30 s, here 1.5 s): the job saves and the agent syncs. 2nd: no notice at all, before
-    # the agent's first sync, so its newest checkpoints exist only on the dead VM's data disk.
-    market = chaos(gcp, "train", {1: (3.0, 1.5), 2: (2.0, None)})
+    command = train_command(dataset, epochs=8, epoch_seconds=0.5)
+    # 1st, at step 200: a notice (GCE's 30 s, here 5 s): the job saves and the agent syncs. 2nd, at step 500: no
+    # notice at all, and no periodic sync before it, so its newest checkpoints exist only on the dead VM's disk.
+    market = chaos(gcp, "train", {1: (200, 5.0), 2: (500, None)})
     market.start()
     try:
         result = run_job("gcp_two_preemptions", tmp_path, command, max_preemptions=3, poll_interval=0.3,
-                         **{**gcp_job(gcp, "train"), "sync_interval": 3.0})
+                         **{**gcp_job(gcp, "train"), "sync_interval": 600.0})
     finally:
         market.stop.set()
-        market.join(timeout=5)
+        market.join()
     assert result["state"] == "success" and result["try_number"] == 1
     attempts = result["summary"]["attempts"]
     assert [a["status"] for a in attempts] == ["preempted", "preempted", "succeeded"]
@@ -156,6 +161,8 @@ def test_preempted_twice_backup_saved_resumed_bit_identical(gcp, tmp_path, datas
     assert attempts[0]["final_synced"] or attempts[0]["backup_save"]["uploaded"]
     assert attempts[1]["notice_at"] is None and not attempts[1]["final_synced"]
     assert attempts[1]["backup_save"]["uploaded"]  # the helper VM recovered files from the data disk
+    zone, name = attempts[1]["instance_id"].split("/")
+    assert attempts[1]["backup_save"]["helper_id"] == f"{zone}/{helper_name(name)}"
     for before, after in zip(attempts, attempts[1:], strict=False):
         assert after["restored_from"] == before["last_checkpoint"] is not None
     assert all(a["price_per_hour"] == 0.04 and a["on_demand_price_per_hour"] == 0.19 for a in attempts)
@@ -358,6 +365,74 @@ def test_validation():
     assert label_value("train") == "train"
     assert label_value("A" * 80) == label_value("A" * 80) and len(label_value("A" * 80)) == 63
     assert label_value("a.b") != label_value("a:b")
+
+
+def data_disk(gcp: FakeGcp, zone: str, name: str) -> dict:
+    """The VM's attached disk with the data device name."""
+    return next(d for d in gcp.instance(PROJECT, zone, name)["disks"] if d["deviceName"] == DATA_DEVICE)
+
+
+def test_on_kill_leaves_the_disk_to_gce_and_returns_while_the_vm_is_deleted(gcp):
+    """on_kill has 30 s and a GCE delete takes tens of seconds: the data disk is set to autoDelete and the
+    delete operation is not waited for. The fake holds the deletion until on_kill has returned."""
+    be = backend(gcp)
+    req = request("killed", [sys.executable, "-c", "import time; time.sleep(600)"])
+    instance_id = be.launch(req).instance_id
+    zone, name = instance_id.split("/")
+    gcp.wait_status(PROJECT, zone, name, "RUNNING")
+    assert data_disk(gcp, zone, name)["autoDelete"] is False  # as launched: the disk outlives the VM
+    gcp.hold_deletion(PROJECT, zone, name)
+    killing = start_on_kill(TaskEnded(backend=be.serialize(), instance_id=instance_id, attempt=1,
+                                      checkpoint_uri=req.checkpoint_uri, conn_id=CONN_ID))
+    try:
+        wait_for(killing.done, 60, what="on_kill to return while GCE still deletes the VM")
+        killing.result()
+        assert gcp.instance(PROJECT, zone, name)["status"] == "STOPPING"
+        assert data_disk(gcp, zone, name)["autoDelete"] is True
+    finally:
+        gcp.finish_deletion(PROJECT, zone, name)
+    wait_for(lambda: leftovers(gcp, "killed") == [], what="GCE to delete the data disk with the VM")
+
+
+def test_on_kill_of_a_backup_save_helper_keeps_the_disk_it_copies(gcp, tmp_path):
+    """A helper killed mid-copy goes alone, without waiting: the disk holds checkpoints no store has yet."""
+    be = backend(gcp, python=stalled_python(tmp_path))
+    req = request("helperkill", [sys.executable, "-c", "pass"])
+    instance_id = be.launch(req).instance_id
+    zone, name = instance_id.split("/")
+    gcp.wait_status(PROJECT, zone, name, "RUNNING")
+    unsaved = gcp.disk_dir(zone, data_disk_name(name)) / "checkpoints" / "ckpt-00000001"
+    unsaved.parent.mkdir(parents=True, exist_ok=True)
+    unsaved.write_bytes(b"written after the last sync")
+    helper = be.backup_save(instance_id, store_of(req.checkpoint_uri), 1, r"(?P<step>\d+)").helper_id
+    assert helper == f"{zone}/{helper_name(name)}"
+    assert data_disk(gcp, zone, helper_name(name))["source"].endswith(f"/disks/{data_disk_name(name)}")
+    gcp.hold_deletion(PROJECT, zone, helper_name(name))
+    killing = start_on_kill(HelperTaskEnded(backend=be.serialize(), instance_id=helper, attempt=1,
+                                            checkpoint_uri=req.checkpoint_uri, conn_id=CONN_ID))
+    try:
+        wait_for(killing.done, 60, what="on_kill to return while GCE still deletes the helper")
+        killing.result()
+        assert gcp.instance(PROJECT, zone, helper_name(name))["status"] == "STOPPING"
+        assert data_disk(gcp, zone, helper_name(name))["autoDelete"] is False
+    finally:
+        gcp.finish_deletion(PROJECT, zone, helper_name(name))
+    assert gcp.instance(PROJECT, zone, helper_name(name)) is None
+    assert f"disk {data_disk_name(name)}" in leftovers(gcp, "helperkill")
+    assert unsaved.read_bytes() == b"written after the last sync"
+    be.release(instance_id)
+    assert leftovers(gcp, "helperkill") == []
+
+
+def test_cancel_of_a_vm_already_gone_deletes_its_disk(gcp):
+    be = backend(gcp)
+    instance_id = be.launch(request("alreadygone", [sys.executable, "-c", "import time; time.sleep(600)"])).instance_id
+    zone, name = instance_id.split("/")
+    gcp.wait_status(PROJECT, zone, name, "RUNNING")
+    gcp.lose(PROJECT, zone, name, delete=True)
+    assert leftovers(gcp, "alreadygone") == [f"disk {data_disk_name(name)}"]  # it outlives its VM
+    be.cancel(instance_id)
+    assert leftovers(gcp, "alreadygone") == []
 
 
 def test_module_leaves_no_vm_behind(gcp):

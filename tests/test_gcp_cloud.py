@@ -339,6 +339,38 @@ def test_preempt_with_delete_action_keeps_only_disks_without_auto_delete(fake):
                                           "filter": 'operationType = "compute.instances.preempted"'}))) == 1
 
 
+def test_set_disk_auto_delete_and_a_held_deletion(fake):
+    api = clients(fake)
+    insert(api, spot_vm("vm", data_disk="vm-data", script="sleep 60")).result()
+    fake.wait_status(PROJECT, ZONE_A, "vm", "RUNNING")
+    wait_for(fake.processes_alive)
+    path = f"/compute/v1/projects/{PROJECT}/zones/{ZONE_A}/instances/vm/setDiskAutoDelete"
+    for query, named in (({"deviceName": "spot-data"}, "'autoDelete' not specified"),
+                         ({"autoDelete": "yes", "deviceName": "spot-data"}, "'autoDelete': 'yes'"),
+                         ({"autoDelete": "true"}, "'deviceName' not specified"),
+                         ({"autoDelete": "true", "deviceName": "nope"}, "device name 'nope'")):
+        status, text = fake._dispatch("POST", path, query, b"", {})
+        assert status == 400 and named in text, text
+    api.instances.set_disk_auto_delete(project=PROJECT, zone=ZONE_A, instance="vm", auto_delete=True,
+                                       device_name="spot-data").result()
+    assert [d["autoDelete"] for d in fake.instance(PROJECT, ZONE_A, "vm")["disks"]] == [True, True]
+
+    fake.hold_deletion(PROJECT, ZONE_A, "vm")
+    op = api.instances.delete_unary(project=PROJECT, zone=ZONE_A, instance="vm")
+    assert op.status == compute_v1.Operation.Status.RUNNING
+    assert fake.instance(PROJECT, ZONE_A, "vm")["status"] == "STOPPING" and not fake.processes_alive()
+    assert api.disks.get(project=PROJECT, zone=ZONE_A, disk="vm-data").users  # still attached
+    with pytest.raises(exceptions.BadRequest, match="not ready"):  # a VM being deleted takes no changes
+        api.instances.set_disk_auto_delete(project=PROJECT, zone=ZONE_A, instance="vm", auto_delete=False,
+                                           device_name="spot-data")
+    assert api.ops.get(project=PROJECT, zone=ZONE_A, operation=op.name).status == compute_v1.Operation.Status.RUNNING
+    fake.finish_deletion(PROJECT, ZONE_A, "vm")
+    assert api.ops.get(project=PROJECT, zone=ZONE_A, operation=op.name).status == compute_v1.Operation.Status.DONE
+    assert fake.instance(PROJECT, ZONE_A, "vm") is None
+    with pytest.raises(exceptions.NotFound):  # autoDelete: it went with the VM
+        api.disks.get(project=PROJECT, zone=ZONE_A, disk="vm-data")
+
+
 def test_startup_script_writes_to_the_data_disk_and_shuts_down(fake):
     api = clients(fake)
     script = ('echo "hello from $(hostname)" > "$SPOT_ROOT/data/x"\n'

@@ -28,6 +28,12 @@ POLL_SECONDS = 0.2
 FENCE_GRACE_SECONDS = 10.0
 #: The agent's exit code when a newer attempt fenced it off (EX_TEMPFAIL).
 FENCED_EXIT = 75
+#: The agent's exit code when it stopped on an error of its own (EX_SOFTWARE): its ``exit`` marker has ``error``.
+AGENT_ERROR_EXIT = 70
+
+
+class StartNotRecorded(RuntimeError):
+    """The ``started`` marker could not be written after its retries: the job is not started."""
 
 
 class AttemptRunner:
@@ -179,6 +185,21 @@ class AttemptRunner:
             data["sync_error"] = self.sync_error
         self._safely(lambda: self.store.write_marker(self.cfg.attempt, "exit", data), "exit marker")
 
+    def _write_started(self, resume_from: str) -> None:
+        """The ``started`` marker, retried by the store; if it still fails, the job is not started.
+
+        Without it, a VM that later powers itself off with no ``exit`` marker (the store still failing) is
+        classified as a broken boot and fails the task, though its job ran: a lost attempt that should have
+        been relaunched. Stopping now costs nothing, since nothing has run yet (like a failed restore).
+        """
+        try:
+            self.store.write_marker(self.cfg.attempt, "started", {
+                "instance_id": self.cfg.instance_id,
+                "restored_from": Path(resume_from).name if resume_from else None})
+        except Exception as err:
+            raise StartNotRecorded(f"the started marker could not be written, so the job was not started: "
+                                   f"{type(err).__name__}: {err}") from err
+
     def _fenced_at_start(self) -> bool:
         try:
             self.syncer.check_fence()
@@ -197,8 +218,7 @@ class AttemptRunner:
             self._write_exit(None, final_sync=False)
             return FENCED_EXIT
         resume_from = self._restore()
-        self.store.write_marker(cfg.attempt, "started", {
-            "instance_id": cfg.instance_id, "restored_from": Path(resume_from).name if resume_from else None})
+        self._write_started(resume_from)
         argv = self._argv(resume_from)
         log.info("attempt %d on %s: running %s", cfg.attempt, cfg.instance_id, argv)
         self._proc = proc = subprocess.Popen(argv, cwd=self.work_dir, env=self._job_env(resume_from))
@@ -218,10 +238,10 @@ class AttemptRunner:
         self._sigterm = True
 
 
-def main(config_path: str) -> int:
+def main(config_path: str, store: CheckpointStore | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [agent] %(message)s")
     cfg = AgentConfig.from_json(Path(config_path).read_text())
-    runner = AttemptRunner(cfg)
+    runner = AttemptRunner(cfg, store)
     try:
         return runner.run()
     except Exception as err:
@@ -230,4 +250,4 @@ def main(config_path: str) -> int:
         error = f"{type(err).__name__}: {err}"
         runner._safely(lambda: runner.store.write_marker(cfg.attempt, "exit", {
             "code": None, "notice": runner.notice is not None, "error": error}), "exit marker")
-        return 70
+        return AGENT_ERROR_EXIT

@@ -311,6 +311,41 @@ class AwsBackend(CloudBackend):
             raise
         self._wait(instance_id, ("terminated",))  # its volumes are detached only then
 
+    def cancel(self, instance_id: str, token: str | None = None, *, keep_disk: bool = False) -> None:
+        """EC2 deletes the data volume with the instance (``DeleteOnTermination``); nothing waits for either."""
+        inst = self._instance(instance_id)
+        if inst is None or inst["State"]["Name"] == "terminated":
+            if not keep_disk:  # gone already: the volume is detached and can be deleted now
+                self.release(instance_id, token=token)
+            return
+        # Never through a helper: the volume it reads is attached to it at the same device.
+        marked = not keep_disk and _tags(inst.get("Tags")).get(ROLE_TAG) == "attempt"
+        if marked and not self._delete_on_termination(instance_id, inst, True):
+            super().cancel(instance_id, token)  # shutting down already, or the volume is elsewhere: wait
+            return
+        try:
+            self.ec2.terminate_instances(InstanceIds=[instance_id])
+        except Exception as err:
+            if _code(err) in NOT_FOUND_CODES:
+                return
+            if marked:  # it lives on: a later preemption must leave its volume for backup-save
+                with contextlib.suppress(Exception):
+                    self._delete_on_termination(instance_id, inst, False)
+            raise
+
+    def _delete_on_termination(self, instance_id: str, inst: dict[str, Any], value: bool) -> bool:
+        """Set the data volume's ``DeleteOnTermination``; False when EC2 cannot (not attached, shutting down)."""
+        if not any(m.get("DeviceName") == DATA_DEVICE for m in inst.get("BlockDeviceMappings") or []):
+            return False
+        try:
+            self.ec2.modify_instance_attribute(InstanceId=instance_id, BlockDeviceMappings=[
+                {"DeviceName": DATA_DEVICE, "Ebs": {"DeleteOnTermination": value}}])
+        except Exception as err:
+            if _code(err) in ("IncorrectInstanceState", "InvalidInstanceAttributeValue", *NOT_FOUND_CODES):
+                return False
+            raise
+        return True
+
     def _volumes(self, token: str) -> list[dict[str, Any]]:
         """The attempt's surviving data volumes (root volumes go with their instance)."""
         pages = self.ec2.get_paginator("describe_volumes").paginate(
@@ -366,7 +401,7 @@ class AwsBackend(CloudBackend):
 
     def finish_backup_save(self, instance_id: str, helper_id: str, marker: dict[str, Any] | None) -> BackupSaveResult:
         self.terminate(helper_id)  # detaches the volume; release() deletes it
-        return self.backup_result(marker)
+        return self.backup_result(helper_id, marker)
 
     def release(self, instance_id: str, token: str | None = None) -> None:
         token = token or self._token(instance_id)

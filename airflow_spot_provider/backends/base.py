@@ -149,7 +149,7 @@ class BackupSaveResult:
     bytes: int = 0
     latest: str | None = None
     #: Set when the copy runs on a helper VM: the operator waits for it in a trigger, then calls
-    #: :meth:`SpotBackend.finish_backup_save`.
+    #: :meth:`SpotBackend.finish_backup_save`, whose result keeps it (the ledger's ``backup_save.helper_id``).
     helper_id: str | None = None
     #: The copy failed: the disk is kept (never released) so nothing is lost; a retry tries again.
     error: str | None = None
@@ -243,6 +243,18 @@ class SpotBackend(abc.ABC):
     @abc.abstractmethod
     def release(self, instance_id: str, token: str | None = None) -> None:
         """Delete what is left of the attempt (its disk/volume). Call after backup-save."""
+
+    def cancel(self, instance_id: str, token: str | None = None, *, keep_disk: bool = False) -> None:
+        """The kill path (a user marked the deferred task failed/success or cleared it): remove the VM and its
+        data disk without waiting for the cloud to finish, so it fits in Airflow's ``on_kill`` budget (30 s).
+
+        ``keep_disk``: only the VM goes (a backup-save helper: the disk it reads holds checkpoints not saved
+        yet). Cloud backends override this; the default (terminate, then release) suits a backend whose
+        terminate and release are both fast.
+        """
+        self.terminate(instance_id)
+        if not keep_disk:
+            self.release(instance_id, token=token)
 
     @abc.abstractmethod
     def list_instances(self) -> list[dict[str, Any]]:

@@ -57,11 +57,14 @@ class CloudBackend(SpotBackend):
                               agent_install=self.agent_install(), requirements=self.options.get("requirements", []))
 
     @staticmethod
-    def backup_result(marker: dict[str, Any] | None) -> BackupSaveResult:
-        """What the helper VM reported in its ``backup-save`` marker (None: it ended without one)."""
+    def backup_result(helper_id: str, marker: dict[str, Any] | None) -> BackupSaveResult:
+        """What helper ``helper_id`` reported in its ``backup-save`` marker (None: it ended without one).
+
+        The result names the helper, so the ledger's ``backup_save`` says which VM did the copy.
+        """
         if marker is None:
-            return BackupSaveResult(error="the helper VM ended without writing a result")
+            return BackupSaveResult(helper_id=helper_id, error="the helper VM ended without writing a result")
         if marker.get("error"):
-            return BackupSaveResult(error=str(marker["error"]))
+            return BackupSaveResult(helper_id=helper_id, error=str(marker["error"]))
         return BackupSaveResult(uploaded=list(marker.get("uploaded") or []), bytes=int(marker.get("bytes") or 0),
-                                latest=marker.get("latest"), reason=marker.get("reason", ""))
+                                latest=marker.get("latest"), reason=marker.get("reason", ""), helper_id=helper_id)

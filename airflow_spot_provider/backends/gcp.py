@@ -415,6 +415,43 @@ class GcpBackend(CloudBackend):
                 pass  # gone meanwhile, or already stopping (a preemption in progress): wait below
         self._wait_status(zone, name, GONE_STATUSES)  # keeps its disks: backup-save reads the data disk
 
+    def cancel(self, instance_id: str, token: str | None = None, *, keep_disk: bool = False) -> None:
+        """GCE deletes the data disk with the VM (``autoDelete``); the delete operation is not waited for."""
+        from google.api_core import exceptions
+
+        zone, name = split_id(instance_id)
+        inst = self._get(zone, name)
+        if inst is None:
+            if not keep_disk:  # the VM is gone: its data disk alone is left
+                self._delete_disk(zone, data_disk_name(name))
+            return
+        # Never through a helper: the disk it reads is attached to it under the same device name.
+        owns_disk = not keep_disk and inst.labels.get(ROLE_LABEL) == "attempt"
+        if owns_disk and not self._auto_delete_data_disk(zone, inst):
+            super().cancel(instance_id, token)  # being stopped, or the disk is elsewhere: wait
+            return
+        try:
+            self.instances.delete(project=self.project, zone=zone, instance=name)
+        except exceptions.NotFound:
+            if owns_disk:  # deleted meanwhile, maybe before autoDelete applied
+                self._delete_disk(zone, data_disk_name(name))
+
+    def _auto_delete_data_disk(self, zone: str, inst: Any) -> bool:
+        """Make the attempt's data disk go with its VM; False when GCE cannot (detached, VM stopping or gone)."""
+        from google.api_core import exceptions
+
+        attached = next((d for d in inst.disks if d.device_name == DATA_DEVICE), None)
+        if attached is None or _last(attached.source) != data_disk_name(inst.name):
+            return False
+        if attached.auto_delete:
+            return True
+        try:
+            self._wait_op(self.instances.set_disk_auto_delete(project=self.project, zone=zone, instance=inst.name,
+                                                              auto_delete=True, device_name=DATA_DEVICE))
+        except (exceptions.NotFound, exceptions.BadRequest):
+            return False
+        return True
+
     def _delete_instance(self, zone: str, name: str) -> None:
         from google.api_core import exceptions
 
@@ -497,7 +534,7 @@ class GcpBackend(CloudBackend):
     def finish_backup_save(self, instance_id: str, helper_id: str, marker: dict[str, Any] | None) -> BackupSaveResult:
         zone, name = split_id(helper_id)
         self._delete_instance(zone, name)  # detaches the data disk; release() deletes it
-        return self.backup_result(marker)
+        return self.backup_result(helper_id, marker)
 
     def release(self, instance_id: str, token: str | None = None) -> None:
         zone, name = split_id(instance_id)

@@ -30,7 +30,7 @@ class BackupSaveTrigger(SpotInstanceTrigger):
         return None
 
     def destroy(self, backend: Any) -> None:
-        # Only the helper: the dead attempt's disk is kept until a backup-save finishes (no data lost);
-        # the sweep removes it once the job is gone.
+        # Only the helper, without waiting for it to be gone: the dead attempt's disk is kept until a
+        # backup-save finishes (no data lost); the sweep removes it once the job is gone.
         self.log.info("on_kill: terminating backup-save helper %s", self.instance_id)
-        backend.terminate(self.instance_id)
+        backend.cancel(self.instance_id, keep_disk=True)
