@@ -168,6 +168,9 @@ class JobSpec:
     sync_interval: float = 30.0
     poll_interval: float = 10.0
     max_preemptions: int = 10
+    #: Checkpoints kept in the store after each attempt (the newest by step, plus the newest intact one);
+    #: None keeps everything. Applied by the operator (``checkpoints/retention.py``).
+    keep_checkpoints: int | None = None
     machine: MachineSpec = field(default_factory=MachineSpec)
 
     def __post_init__(self) -> None:
@@ -208,6 +211,7 @@ class JobSpec:
         number("sync_interval", self.sync_interval, exclusive=True)
         number("poll_interval", self.poll_interval, exclusive=True)
         number("max_preemptions", self.max_preemptions, integer=True)
+        number("keep_checkpoints", self.keep_checkpoints, minimum=1, integer=True, allow_none=True)
         object.__setattr__(self, "machine", from_mapping(MachineSpec, "machine", self.machine))
 
     def rendered(self, **changes: Any) -> JobSpec:

@@ -1,28 +1,37 @@
-"""Checkpoint integrity: killed uploads, corruption, fencing of stale attempts, storage faults and retries.
+"""Checkpoint integrity: killed uploads, corruption, fencing of stale attempts, two writers at once,
+retention, storage faults and retries.
 
-Everything runs on real fsspec filesystems (``file`` and ``memory``) and the real agent. Faults come
-from :class:`FaultyMemoryFS`, a memory filesystem that fails chosen calls: it injects errors into the
-storage layer, the code under test (store, sync, restore, agent) is unchanged.
+Everything runs on real fsspec filesystems (``file``, ``memory``, and ``s3`` against moto) and the real
+agent. Faults come from :class:`FaultyMemoryFS`, a memory filesystem that fails chosen calls; races from
+:class:`Hooks`, which let a second writer act in the middle of the first one's check-then-write. Both work
+in the storage layer: the code under test (store, sync, restore, retention, agent) is unchanged.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_spot_provider.agent.config import AgentConfig
-from airflow_spot_provider.agent.runner import FENCED_EXIT, AttemptRunner
+from airflow_spot_provider.agent.runner import AGENT_ERROR_EXIT, FENCED_EXIT, AttemptRunner, main
+from airflow_spot_provider.backends.base import AttemptStatus, InstanceFacts, InstanceState, classify
+from airflow_spot_provider.checkpoints.retention import apply_retention
 from airflow_spot_provider.checkpoints.store import (
+    FENCE_LOCK,
+    STAGING_DIR,
     CheckpointStore,
     FencedError,
     RetryPolicy,
@@ -45,18 +54,20 @@ class FaultyMemoryFS(MemoryFileSystem):
     ``half_writes = n`` makes the next n uploads write half of the bytes and then drop the connection;
     ``truncations = n`` makes them write half of the bytes and report success.
     ``before_put`` runs before each upload (to let another writer act in the middle of a sync).
+    ``fault_paths``: when set, only calls on paths containing it fail (and count).
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, skip_instance_cache=True, **kwargs)
         self.faults: dict[str, int] = {}
+        self.fault_paths: str | None = None
         self.half_writes = 0
         self.truncations = 0
         self.before_put: Callable[[str], None] | None = None
 
     def _maybe_fail(self, method: str, path: str) -> None:
         left = self.faults.get(method, 0)
-        if left:
+        if left and (self.fault_paths is None or self.fault_paths in str(path)):
             self.faults[method] = left - 1 if left > 0 else FOREVER
             raise ConnectionResetError(errno.ECONNRESET, f"injected: connection reset during {method}", path)
 
@@ -86,6 +97,10 @@ class FaultyMemoryFS(MemoryFileSystem):
     def cat_file(self, path, *args, **kwargs):
         self._maybe_fail("cat_file", path)
         return super().cat_file(path, *args, **kwargs)
+
+    def rm_file(self, path, *args, **kwargs):
+        self._maybe_fail("rm_file", path)
+        return super().rm_file(path, *args, **kwargs)
 
 
 class Sleeps(list):
@@ -398,6 +413,185 @@ def test_an_attempt_launched_after_a_newer_one_never_runs_its_job(tmp_path, stor
     assert not ran.exists() and store.read_markers(4)["exit"]["fenced"] == 5
 
 
+# -- compare-and-swap: two writers at once -------------------------------------------------------
+BUCKET = "integrity"
+
+
+class Hooks:
+    """``fs.hooks[method] = (substring, action)``: ``action`` runs once, before the first ``method`` call on a
+    path containing ``substring``, so another writer acts in the middle of this one's check-then-write."""
+
+    hooks: dict[str, tuple[str, Callable[[], None]]]
+
+    def _hook(self, method: str, path: str) -> None:
+        found = self.hooks.get(method)
+        if found and found[0] in str(path):
+            del self.hooks[method]
+            found[1]()
+
+
+class HookedLocalFS(Hooks, LocalFileSystem):
+    def pipe_file(self, path, value, *args, **kwargs):
+        self._hook("pipe_file", path)
+        return super().pipe_file(path, value, *args, **kwargs)
+
+    def mv(self, path1, path2, *args, **kwargs):
+        self._hook("mv", path1)
+        return super().mv(path1, path2, *args, **kwargs)
+
+
+def hooked_s3(**options):
+    from fsspec.asyn import sync
+    from s3fs import S3FileSystem
+
+    class HookedS3FS(Hooks, S3FileSystem):
+        def pipe_file(self, path, value, **kwargs):  # s3fs's own sync wrapper, with the hook in front
+            self._hook("pipe_file", path)
+            return sync(self.loop, self._pipe_file, path, value, **kwargs)
+
+    return HookedS3FS(**options)
+
+
+@pytest.fixture(scope="module")
+def aws():
+    from .aws_cloud import FakeAws
+
+    with FakeAws() as fake:
+        fake.client("s3").create_bucket(Bucket=BUCKET)
+        yield fake
+
+
+@pytest.fixture(params=["file", "s3"])
+def two_writers(request, tmp_path) -> tuple[CheckpointStore, CheckpointStore]:
+    """Two writers on one prefix: the first on a filesystem with hooks, the second a plain one."""
+    if request.param == "file":
+        root, options = str(tmp_path / "store"), {}
+        fs = HookedLocalFS(skip_instance_cache=True)
+    else:
+        fake = request.getfixturevalue("aws")
+        root = f"{BUCKET}/{uuid.uuid4().hex}"
+        options = {"endpoint_url": fake.endpoint, "key": "x", "secret": "x", "skip_instance_cache": True}
+        fs = hooked_s3(**options)
+    fs.hooks = {}
+    return (CheckpointStore(fs, root, fast_retry()),
+            CheckpointStore.from_uri(f"{request.param}://{root}", retry=fast_retry(), **options))
+
+
+def waits_for_fence_lock(store: CheckpointStore) -> bool:
+    """Whether some thread is blocked on the store's fence lock (local disks; the kernel lists waiters)."""
+    lock = Path(store.path(FENCE_LOCK))
+    if not store.renames_atomically or not lock.exists():
+        return False
+    inode = f":{lock.stat().st_ino} "
+    return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+class OtherWriter:
+    """A hook that starts another writer in its own thread, and returns once that writer finished or is
+    blocked on the fence lock (then it goes right after the first writer's critical section)."""
+
+    def __init__(self, store: CheckpointStore, action: Callable[[], object]) -> None:
+        self.store, self.action = store, action
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.action()
+        except BaseException as err:  # noqa: BLE001 - handed to the test in finish()
+            self.error = err
+        finally:
+            self.done.set()
+
+    def __call__(self) -> None:
+        self.thread.start()
+        wait_for(lambda: self.done.is_set() or waits_for_fence_lock(self.store),
+                 what="the other writer to finish or to wait for the fence lock")
+
+    def finish(self) -> None:
+        assert self.thread.is_alive() or self.done.is_set(), "the hook never ran"
+        assert self.done.wait(timeout=60), "the other writer never finished"
+        if self.error is not None:
+            raise self.error
+
+
+def assert_consistent(store: CheckpointStore) -> None:
+    """Every manifest entry has its file, with the manifest's checksum."""
+    for relpath, entry in store.read_manifest().files.items():
+        assert store.sha256(relpath) == entry["sha256"], relpath
+
+
+@pytest.mark.parametrize("start", [0, 1], ids=["no-fence-yet", "fence-at-1"])
+def test_a_lower_fence_raise_racing_a_higher_one_never_lowers_it(two_writers, start):
+    """Two operators raise the fence at once; the lower one has read the fence, the higher one writes first."""
+    mine, other = two_writers
+    if start:
+        mine.raise_fence(start)  # then the compare is on a version (If-Match), not on absence (If-None-Match)
+    higher = OtherWriter(other, lambda: other.raise_fence(5))
+    mine.fs.hooks["pipe_file"] = ("fence.json", higher)
+    got = mine.raise_fence(3)
+    higher.finish()
+    assert other.read_fence() == 5 and mine.raise_fence(4) == 5
+    # Local disk: the higher raise waited for the lock, so 3 was written first. S3: the write of 3 was refused
+    # (the fence changed since it was read), the fence was read again and found at 5.
+    assert got == (3 if mine.renames_atomically else 5)
+
+
+def test_a_stale_manifest_write_never_replaces_a_newer_attempts(two_writers, tmp_path):
+    """The stale attempt checked the fence and is writing the manifest when the newer attempt takes over."""
+    mine, other = two_writers
+    write(tmp_path / "stale" / "ckpt-1", "stale 1")
+    write(tmp_path / "newer" / "ckpt-2", "fresh 2")
+
+    def newer_takes_over() -> None:
+        other.raise_fence(2)
+        DirectorySync(tmp_path / "newer", other, 2, PATTERN).sync()
+
+    newer = OtherWriter(other, newer_takes_over)
+    mine.fs.hooks["pipe_file"] = ("manifest.json", newer)
+    try:
+        DirectorySync(tmp_path / "stale", mine, 1, PATTERN).sync()
+        fenced = False
+    except FencedError:
+        fenced = True
+    newer.finish()
+    files = other.read_manifest().files
+    assert files["ckpt-2"]["attempt"] == 2 and stored(other, "ckpt-2") == b"fresh 2"
+    if mine.renames_atomically:  # the fence raise waited for the stale write, which was checked before it
+        assert not fenced and files["ckpt-1"]["attempt"] == 1
+    else:  # the conditional write was refused; read again, the stale attempt found itself fenced
+        assert fenced and "ckpt-1" not in files
+    assert_consistent(other)
+
+
+def test_a_stale_move_never_lands_after_the_fence_on_a_local_disk(tmp_path):
+    """The stale file passed its last fence check and is being moved into place when the fence goes up."""
+    root = tmp_path / "store"
+    fs = HookedLocalFS(skip_instance_cache=True)
+    fs.hooks = {}
+    mine, other = CheckpointStore(fs, str(root), fast_retry()), CheckpointStore.from_uri(f"file://{root}")
+    write(tmp_path / "stale" / "ckpt-2", "stale 2")
+    write(tmp_path / "newer" / "ckpt-2", "fresh 2")
+
+    def newer_takes_over() -> None:
+        other.raise_fence(2)
+        DirectorySync(tmp_path / "newer", other, 2, PATTERN).sync()
+
+    newer = OtherWriter(other, newer_takes_over)
+    fs.hooks["mv"] = (f"/{STAGING_DIR}/", newer)
+    try:
+        DirectorySync(tmp_path / "stale", mine, 1, PATTERN).sync()
+    except FencedError:
+        pass  # it reached the manifest after the fence went up: fenced there
+    newer.finish()
+    assert stored(other, "ckpt-2") == b"fresh 2"
+    assert other.read_manifest().files["ckpt-2"]["attempt"] == 2
+    assert_consistent(other)
+    result = restore(other, tmp_path / "next", PATTERN)
+    assert result.resume_from == "ckpt-2" and (tmp_path / "next" / "ckpt-2").read_text() == "fresh 2"
+
+
 # -- storage faults ------------------------------------------------------------------------------
 def test_transient_failures_are_retried_with_capped_jittered_backoff(tmp_path):
     sleeps = Sleeps()
@@ -476,3 +670,124 @@ def test_a_short_storage_outage_at_start_up_does_not_fail_the_attempt(tmp_path, 
     markers = store.read_markers(1)
     assert {"started", "final-sync", "exit"} <= set(markers) and "sync_error" not in markers["exit"]
     assert stored(store, "ckpt-1") == b"one"
+
+
+# -- retention -----------------------------------------------------------------------------------
+def staging_names(store: CheckpointStore) -> list[str]:
+    try:
+        return sorted(posixpath.basename(p.rstrip("/")) for p in store.fs.ls(store.path(STAGING_DIR), detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def test_retention_removes_staging_leftovers_of_fenced_attempts_and_never_a_live_upload(tmp_path):
+    store = CheckpointStore.from_uri(f"file://{tmp_path}/store", retry=fast_retry())
+    disk = tmp_path / "vm"
+    write(disk / "ckpt-1", "one")
+    DirectorySync(disk, store, 1, PATTERN).sync()  # published: its staging directory is left behind, empty
+    write(disk / "ckpt-2", b"2" * 5000)
+    store.stage_file(str(disk / "ckpt-2"), "ckpt-2", 1)  # attempt 1 died before it moved this one
+    dead = staging_names(store)
+    store.raise_fence(2)
+    live = store.stage_file(str(disk / "ckpt-2"), "ckpt-2", 2)  # attempt 2 is uploading right now
+    assert len(dead) == 2 and all(name.startswith("0001-") for name in dead)
+
+    result = apply_retention(store, PATTERN, keep=3)
+    assert result.staging == dead and result.removed == []
+    assert staging_names(store) == [live.split("/")[2]]
+    store.commit_file(live, "ckpt-2")  # the live upload is whole and still moves into place
+    assert stored(store, "ckpt-2") == b"2" * 5000
+
+
+def test_retention_keeps_the_newest_n_checkpoints_and_every_file_that_is_not_one(tmp_path, store):
+    disk = tmp_path / "vm"
+    for step in range(1, 6):
+        write(disk / f"ckpt-{step}" / "weights", f"weights {step}")
+        write(disk / f"ckpt-{step}" / "optimizer", f"optimizer {step}")
+    write(disk / "vocab.json", "{}")
+    DirectorySync(disk, store, 1, PATTERN).sync()
+
+    result = apply_retention(store, PATTERN, keep=2)
+    assert result.kept == ["ckpt-5", "ckpt-4"] and result.removed == ["ckpt-3", "ckpt-2", "ckpt-1"]
+    assert sorted(store.read_manifest().files) == [
+        "ckpt-4/optimizer", "ckpt-4/weights", "ckpt-5/optimizer", "ckpt-5/weights", "vocab.json"]
+    assert [stored(store, f"ckpt-{step}/weights") for step in (1, 2, 3)] == [None, None, None]
+    if store.renames_atomically:  # no empty directories left behind on a local disk
+        assert sorted(os.listdir(store.root)) == [".spot", "ckpt-4", "ckpt-5", "vocab.json"]
+    assert_consistent(store)
+    assert apply_retention(store, PATTERN, keep=2).removed == []  # nothing more to do
+    result = restore(store, tmp_path / "restored", PATTERN)
+    assert result.resume_from == "ckpt-5" and (tmp_path / "restored" / "vocab.json").exists()
+
+
+def test_retention_keeps_the_newest_intact_checkpoint_when_the_newest_is_corrupt(tmp_path, store):
+    disk = tmp_path / "vm"
+    for step in (1, 2, 3):
+        write(disk / f"ckpt-{step}", f"checkpoint {step}" * 100)
+    DirectorySync(disk, store, 1, PATTERN).sync()
+    data = bytearray(stored(store, "ckpt-3"))
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: same size, different content
+    store.fs.pipe_file(store.path("ckpt-3"), bytes(data))
+
+    result = apply_retention(store, PATTERN, keep=1)
+    assert result.verified == "ckpt-2"  # what restore picks: kept although it is not among the newest 1
+    assert result.kept == ["ckpt-3", "ckpt-2"] and result.removed == ["ckpt-1"]
+    restored = restore(store, tmp_path / "restored", PATTERN)
+    assert restored.resume_from == "ckpt-2" and restored.rejected == ["ckpt-3"]
+
+
+@pytest.mark.parametrize("cut", ["manifest write", "file removal"])
+def test_a_retention_cut_short_never_leaves_a_manifest_entry_without_its_file(tmp_path, cut):
+    store, fs = memory_store()
+    disk = tmp_path / "vm"
+    for step in (1, 2, 3):
+        write(disk / f"ckpt-{step}", f"checkpoint {step}")
+    DirectorySync(disk, store, 1, PATTERN).sync()
+    before = store.read_manifest().files
+    fs.faults = {"pipe_file" if cut == "manifest write" else "rm_file": FOREVER}
+    with pytest.raises(StorageError):
+        apply_retention(store, PATTERN, keep=1)
+    fs.faults = {}
+    assert_consistent(store)
+    if cut == "manifest write":  # nothing was deleted
+        assert store.read_manifest().files == before
+    else:  # the entries went first: what is left are files no manifest names, never restored
+        assert sorted(store.read_manifest().files) == ["ckpt-3"] and stored(store, "ckpt-1") == b"checkpoint 1"
+    assert restore(store, tmp_path / "restored", PATTERN).resume_from == "ckpt-3"
+
+
+def test_retention_never_drops_what_a_stale_attempt_publishes_meanwhile(two_writers, tmp_path):
+    """Attempt 2 ended and was released, but its VM is alive after all and publishes during retention."""
+    mine, other = two_writers
+    disk = tmp_path / "vm"
+    for step in (1, 2, 3):
+        write(disk / f"ckpt-{step}", f"checkpoint {step}")
+    other.raise_fence(2)
+    stale = DirectorySync(disk, other, 2, PATTERN)
+    stale.sync()
+    write(disk / "ckpt-9", "checkpoint 9")
+    late = OtherWriter(other, stale.sync)
+    mine.fs.hooks["pipe_file"] = ("manifest.json", late)  # retention read the manifest and is writing it
+    apply_retention(mine, PATTERN, keep=1)
+    late.finish()
+    files = other.read_manifest().files
+    assert files["ckpt-9"]["attempt"] == 2 and stored(other, "ckpt-9") == b"checkpoint 9"
+    assert "ckpt-1" not in files and "ckpt-2" not in files
+    assert_consistent(other)
+
+
+def test_the_job_is_not_started_when_its_started_marker_cannot_be_written(tmp_path, sigterm_handler):
+    store, fs = memory_store()
+    fs.faults, fs.fault_paths = {"pipe_file": FOREVER}, "/started.json"  # every other write goes through
+    ran = tmp_path / "ran"
+    command = [sys.executable, "-c", f"open({str(ran)!r}, 'w').write('1')"]
+    config = write(tmp_path / "agent.json", agent_config(tmp_path, "vm", 1, command, "memory://x").to_json())
+    assert main(str(config), store) == AGENT_ERROR_EXIT
+    assert not ran.exists()
+    markers = store.read_markers(1)
+    assert "started" not in markers
+    assert markers["exit"]["error"].startswith("StartNotRecorded: the started marker could not be written, so the "
+                                               "job was not started: StorageError: write of")
+    # The attempt fails with that reason (a retry tries again); it is not relaunched as lost in the same try.
+    verdict = classify(InstanceFacts("i-vm", InstanceState.TERMINATED, reason="InstanceInitiatedShutdown"), markers)
+    assert verdict.status is AttemptStatus.FAILED and "started marker" in verdict.reason

@@ -26,8 +26,15 @@ def build(**overrides):
         ({"max_preemptions": -1}, "max_preemptions"),
         ({"max_preemptions": 1.5}, "max_preemptions"),
         ({"max_preemptions": True}, "max_preemptions"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints"),
+        ({"keep_checkpoints": 2.5}, "keep_checkpoints"),
+        ({"keep_checkpoints": "3"}, "keep_checkpoints"),
+        ({"keep_checkpoints": True}, "keep_checkpoints"),
         ({"sync_interval": 0}, "sync_interval"),
         ({"poll_interval": float("nan")}, "poll_interval"),
+        ({"describe_failure_timeout": 0}, "describe_failure_timeout"),
+        ({"describe_failure_timeout": "600"}, "describe_failure_timeout"),
+        ({"describe_failure_timeout": True}, "describe_failure_timeout"),
         ({"resume_args": ["--from", "{other}"]}, "resume_args[1]"),
         ({"env": {"SPOT_ATTEMPT": "3"}}, "env['SPOT_ATTEMPT']"),
         ({"env": {"1BAD": "x"}}, "env"),
@@ -44,6 +51,9 @@ def build(**overrides):
         ({"backend_options": {"preempt_afterr": [1]}}, "backend_options"),
         ({"backend_options": {"preempt_after": [-1]}}, "backend_options.preempt_after[0]"),
         ({"backend_options": {"preempt_after": [{"after": 1, "grace": 2}]}}, "backend_options.preempt_after[0]"),
+        ({"backend_options": {"preempt_after": [{"after": 1, "at_step": 2}]}}, "backend_options.preempt_after[0]"),
+        ({"backend_options": {"preempt_after": [{"at_step": 1.5}]}}, "backend_options.preempt_after[0].at_step"),
+        ({"backend_options": {"boot_seconds": -1}}, "backend_options.boot_seconds"),
         ({"backend_options": {"prices": {"x": {"spot": 1}}}}, "backend_options.prices['x']"),
     ],
 )
@@ -88,3 +98,4 @@ def test_templated_uri_is_checked_up_to_the_template_and_again_after_rendering()
 def test_defaults():
     op = build()
     assert op.spec.backend == "local" and op.spec.max_preemptions == 10 and op.spec.machine.market == "spot"
+    assert op.spec.keep_checkpoints is None and build(keep_checkpoints=1).spec.keep_checkpoints == 1

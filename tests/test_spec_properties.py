@@ -35,7 +35,7 @@ JSON_VALUES = st.recursive(
 )
 VALID_JOB = {"command": ["python", "train.py"], "checkpoint_uri": "file:///tmp/ckpt/", "backend": "local"}
 JOB_FIELDS = ["command", "checkpoint_uri", "backend", "resume_args", "env", "pass_env", "checkpoint_pattern",
-              "sync_interval", "poll_interval", "max_preemptions", "machine"]
+              "sync_interval", "poll_interval", "max_preemptions", "keep_checkpoints", "machine"]
 MACHINE_FIELDS = ["instance_types", "zones", "market", "max_price_per_hour", "on_demand_after_preemptions",
                   "image", "disk_gb"]
 

@@ -9,7 +9,9 @@ Layout under the prefix::
     <checkpoint files, as the job wrote them>
     .spot/manifest.json                 # published files: size, sha256, attempt that wrote them
     .spot/fence.json                    # {"attempt": N}: attempts below N may no longer publish
+    .spot/fence.lock                    # local disks only: orders fence raises with syncs' check-then-write
     .spot/attempts/0003/started.json    # markers: started, notice, final-sync, exit, progress
+    .spot/ledger/<task instance>/*.json # the ledger's mirror (see ledger.py)
     .spot/staging/0003-<uuid>/<relpath> # uploads in flight; moved to <relpath> once complete
 
 Integrity rules kept here:
@@ -17,15 +19,21 @@ Integrity rules kept here:
 - a file reaches its final name only whole: it is uploaded to a staging key, its size checked, then
   moved (a rename on local disks, a server-side copy on object stores); the manifest, written last,
   is what makes it part of a checkpoint. A half-written upload is only ever a staging object.
-- nothing published is deleted; the only deletions are this process's own staging objects (the
-  second half of a move on object stores, or an upload that is discarded before publishing).
+- a sync deletes only its own staging objects (the second half of a move on object stores, or an
+  upload that is discarded before publishing). Published files are deleted only by retention
+  (``checkpoints/retention.py``), which removes their manifest entries first.
+- the fence and the manifest are read-compare-written: on S3 with conditional PUTs (``If-None-Match``/
+  ``If-Match``), on local disks under an ``flock`` (:meth:`CheckpointStore.fence_guard`), so a writer
+  never replaces a newer fence or a manifest that changed after it checked the fence.
 - every storage call is retried on transient errors (:func:`is_transient`) with capped, jittered
   exponential backoff; errors that outlast the retries are raised as :class:`StorageError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -33,9 +41,10 @@ import os
 import posixpath
 import random
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,16 +53,28 @@ log = logging.getLogger(__name__)
 CONTROL_DIR = ".spot"
 MARKERS = ("started", "notice", "progress", "final-sync", "exit", "backup-save")
 FENCE = f"{CONTROL_DIR}/fence.json"
+FENCE_LOCK = f"{CONTROL_DIR}/fence.lock"
 MANIFEST = f"{CONTROL_DIR}/manifest.json"
 STAGING_DIR = f"{CONTROL_DIR}/staging"
+LEDGER_DIR = f"{CONTROL_DIR}/ledger"
 #: Longest path component most file systems accept (bytes).
 MAX_NAME_BYTES = 255
+#: Read-compare-write rounds before giving up: each lost round means another writer changed the object.
+CAS_ROUNDS = 8
+#: ``Manifest.read_as`` of a manifest built by hand rather than read: writing it is unconditional.
+UNCONDITIONAL: Any = object()
+#: Fence locks this thread holds, by lock path -> exclusive (``fence_guard`` is re-entrant per thread).
+_HELD = threading.local()
 
 T = TypeVar("T")
 
 
 class StorageError(OSError):
     """A storage call that kept failing after its retries (or a staged upload that never verified)."""
+
+
+class ManifestChanged(RuntimeError):
+    """Another writer replaced the manifest after it was read: read it again and redo the change."""
 
 
 class FencedError(RuntimeError):
@@ -124,6 +145,19 @@ def is_transient(err: BaseException) -> bool:
     return isinstance(err, _loaded_types(TRANSIENT_TYPES))
 
 
+def _precondition_failed(err: BaseException, version: str | None) -> bool:
+    """Whether a conditional PUT was refused because the object changed (HTTP 412, or s3fs's translation)."""
+    if version is None and isinstance(err, FileExistsError):  # If-None-Match: * found an object
+        return True
+    if version is not None and isinstance(err, FileNotFoundError):  # If-Match found none: it was deleted
+        return True
+    response = getattr(err.__cause__, "response", None)
+    if not isinstance(response, dict):
+        return False
+    return (response.get("Error", {}).get("Code") == "PreconditionFailed"
+            or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Capped exponential backoff with jitter. ``sleep`` and ``rand`` are injectable so tests run fast."""
@@ -158,12 +192,16 @@ class RetryPolicy:
 
 
 # -- paths ---------------------------------------------------------------------------------------
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+def sha256_stream(handle: Any, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+    while block := handle.read(chunk):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file(path: str) -> str:
+    with open(path, "rb") as handle:
+        return sha256_stream(handle)
 
 
 def safe_relpath(relpath: str) -> str:
@@ -193,6 +231,9 @@ class Manifest:
     """Files published to the store: ``relpath -> {size, sha256, attempt, time, source}``."""
 
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The stored version this was read from (S3: the ETag; None: there was no manifest). Writing it back
+    #: replaces only that version (:class:`ManifestChanged` otherwise). Not part of the JSON.
+    read_as: Any = field(default=UNCONDITIONAL, compare=False, repr=False)
 
     def to_json(self) -> str:
         return json.dumps({"version": 1, "files": self.files}, sort_keys=True)
@@ -225,9 +266,50 @@ class CheckpointStore:
         return cls(fs, root, retry)
 
     @property
+    def _protocols(self) -> tuple[str, ...]:
+        return self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+
+    @property
     def renames_atomically(self) -> bool:
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        return "file" in protocols or "local" in protocols
+        """A local disk: renames are atomic and ``flock`` works (see :meth:`fence_guard`)."""
+        return "file" in self._protocols or "local" in self._protocols
+
+    @property
+    def conditional_writes(self) -> bool:
+        """S3 honours ``If-None-Match: *`` and ``If-Match: <etag>`` on PutObject (moto too).
+
+        Not used on GCS: gcsfs offers only create-only uploads, and the emulator ignores preconditions.
+        """
+        return "s3" in self._protocols or "s3a" in self._protocols
+
+    @contextlib.contextmanager
+    def fence_guard(self, exclusive: bool = False) -> Iterator[None]:
+        """On a local disk: hold ``.spot/fence.lock`` (``flock``), exclusively to raise the fence, shared
+        from a sync's fence check to its move or manifest write. Once :meth:`raise_fence` returned, no
+        attempt below the fence moves a file into place or writes the manifest any more. Object stores
+        have no lock: there the fence and manifest writes are conditional instead. Re-entrant per thread.
+        """
+        if not self.renames_atomically:
+            yield
+            return
+        path = self.path(FENCE_LOCK)
+        held: dict[str, bool] = _HELD.__dict__.setdefault("locks", {})
+        if path in held:
+            if exclusive and not held[path]:
+                raise RuntimeError("the fence lock is held shared by this thread: it cannot be upgraded")
+            yield
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            held[path] = exclusive
+            try:
+                yield
+            finally:
+                del held[path]
+        finally:
+            os.close(fd)  # releases the lock
 
     def path(self, relpath: str) -> str:
         return posixpath.join(self.root, relpath)
@@ -239,7 +321,7 @@ class CheckpointStore:
 
     def stage_file(self, local_path: str, relpath: str, attempt: int = 0) -> str:
         """Upload to a fresh staging key and check its size; returns the staging key (store-relative)."""
-        staging = f"{STAGING_DIR}/{attempt:04d}-{uuid.uuid4().hex}/{relpath}"
+        staging = f"{STAGING_DIR}/{attempt:04d}-{uuid.uuid4().hex}/{relpath}"  # parsed by staging_attempt()
         target = self.path(staging)
         size = os.stat(local_path).st_size
 
@@ -276,6 +358,67 @@ class CheckpointStore:
         except OSError as err:
             log.info("could not remove staging object %s: %s", staging, err)
 
+    @staticmethod
+    def staging_attempt(name: str) -> int | None:
+        """The attempt of a staging directory ``NNNN-<uuid>`` (None for anything else)."""
+        number, dash, _ = name.partition("-")
+        return int(number) if dash and number.isdigit() else None
+
+    def remove_staging(self, below: int) -> list[str]:
+        """Delete the staging directories of attempts below ``below`` (leftovers of uploads killed mid-way,
+        and on local disks the empty directories of moved ones). Returns their names."""
+        root = self.path(STAGING_DIR)
+        self.fs.invalidate_cache(root)
+
+        def listing() -> list[str]:
+            try:
+                return [posixpath.basename(str(p).rstrip("/")) for p in self.fs.ls(root, detail=False)]
+            except FileNotFoundError:
+                return []
+
+        removed = []
+        for name in sorted(self.retry.call("listing of staging uploads", listing)):
+            attempt = self.staging_attempt(name)
+            if attempt is None or attempt >= below:
+                continue  # an attempt at or above the fence may be uploading right now
+            self.retry.call(f"removal of staging upload {name}", lambda n=name: self._rm(posixpath.join(root, n)))
+            removed.append(name)
+        return removed
+
+    def _rm(self, path: str, recursive: bool = True) -> None:
+        try:
+            if recursive:
+                self.fs.rm(path, recursive=True)
+            else:  # exactly this key (on S3 a recursive rm of ``ckpt-1`` would also match ``ckpt-1/…``)
+                self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    def remove(self, relpaths: list[str]) -> None:
+        """Delete published files; their manifest entries must be gone already (retention only). Missing
+        files are fine; on local disks, directories left empty are removed too."""
+        for relpath in relpaths:
+            path = self.path(safe_relpath(relpath))
+            self.retry.call(f"removal of {relpath}", lambda p=path: self._rm(p, recursive=False))
+            parent = posixpath.dirname(relpath)
+            while parent and self.renames_atomically:
+                try:
+                    self.fs.rmdir(self.path(parent))
+                except OSError:  # not empty (or gone): leave it
+                    break
+                parent = posixpath.dirname(parent)
+
+    def sha256(self, relpath: str) -> str | None:
+        """SHA-256 of a stored file, streamed from the store (None when it is missing)."""
+        def digest() -> str | None:
+            try:
+                with self.fs.open(self.path(relpath), "rb") as handle:
+                    return sha256_stream(handle)
+            except (FileNotFoundError, IsADirectoryError):
+                return None
+
+        return self.retry.call(f"checksum of {relpath}", digest)
+
     def exists(self, relpath: str) -> bool:
         path = self.path(relpath)
         self.fs.invalidate_cache(path)
@@ -308,19 +451,100 @@ class CheckpointStore:
 
         return self.retry.call(f"read of {relpath}", read)
 
+    def write_json(self, relpath: str, data: dict[str, Any]) -> None:
+        """A small JSON record under the control directory (the ledger's mirror), written whole."""
+        self._write_text(relpath, json.dumps(data, sort_keys=True))
+
+    def read_json(self, relpath: str) -> dict[str, Any] | None:
+        text = self._read_text(relpath)
+        return json.loads(text) if text else None
+
+    def _read_versioned(self, relpath: str) -> tuple[str | None, str | None]:
+        """A control object and its version (the S3 ETag; None when absent or without conditional writes).
+
+        The version is looked up before the body is read: a body newer than its version can only make the
+        conditional write fail (and be read again), never let it replace something it did not see.
+        """
+        if not self.conditional_writes:
+            return self._read_text(relpath), None
+        path = self.path(relpath)
+
+        def version() -> str | None:
+            try:
+                return self.fs.info(path, refresh=True).get("ETag")
+            except FileNotFoundError:
+                return None
+
+        tag = self.retry.call(f"lookup of {relpath}", version)
+        return self._read_text(relpath), tag
+
+    def _write_if(self, relpath: str, text: str, version: str | None) -> bool:
+        """Write a control object only if it is still at ``version`` (None: only if there is none).
+
+        False when another writer changed it first. Without conditional writes a plain write (on a local
+        disk the caller holds :meth:`fence_guard`, which makes the read-compare-write atomic).
+        """
+        if not self.conditional_writes:
+            self._write_text(relpath, text)
+            return True
+        path = self.path(relpath)
+        condition = {"mode": "create"} if version is None else {"IfMatch": version}
+        try:
+            self.retry.call(f"conditional write of {relpath}", lambda: self.fs.pipe_file(path, text.encode(),
+                                                                                        **condition))
+        except OSError as err:
+            if _precondition_failed(err, version):
+                return False
+            raise
+        return True
+
     # -- manifest ------------------------------------------------------------------------------
-    def read_manifest(self) -> Manifest:
-        text = self._read_text(MANIFEST)
-        return Manifest.from_json(text) if text else Manifest()
+    def read_manifest(self, versioned: bool = False) -> Manifest:
+        """The published manifest. ``versioned``: also note the stored version (on S3 one more request), so
+        that writing it back replaces only that version."""
+        if not versioned:
+            text = self._read_text(MANIFEST)
+            return Manifest.from_json(text) if text else Manifest()
+        text, version = self._read_versioned(MANIFEST)
+        manifest = Manifest.from_json(text) if text else Manifest()
+        manifest.read_as = version
+        return manifest
 
     def write_manifest(self, manifest: Manifest) -> None:
-        self._write_text(MANIFEST, manifest.to_json())
+        """Write the manifest. One that was read replaces only the version it was read from: if another
+        writer replaced it meanwhile, :class:`ManifestChanged` is raised (see :meth:`update_manifest`)."""
+        if manifest.read_as is UNCONDITIONAL:
+            self._write_text(MANIFEST, manifest.to_json())
+        elif not self._write_if(MANIFEST, manifest.to_json(), manifest.read_as):
+            raise ManifestChanged("the manifest was replaced after it was read")
+
+    def update_manifest(self, change: Callable[[Manifest], bool]) -> Manifest:
+        """Read the manifest, let ``change`` edit it in place, write it back; on a lost race read it again.
+
+        ``change`` returns False when there is nothing to write; what it raises (``FencedError``) propagates.
+        On a local disk the whole round holds :meth:`fence_guard` (shared), so a fence raise cannot fall
+        between ``change``'s fence check and the write; on S3 the write is conditional.
+        """
+        for _ in range(CAS_ROUNDS):
+            with self.fence_guard():
+                manifest = self.read_manifest(versioned=True)
+                if not change(manifest):
+                    return manifest
+                try:
+                    self.write_manifest(manifest)
+                    return manifest
+                except ManifestChanged:
+                    log.info("the manifest changed while it was being updated: reading it again")
+        raise StorageError(f"the manifest kept changing: {CAS_ROUNDS} updates in a row lost to other writers")
 
     # -- fencing -------------------------------------------------------------------------------
+    @staticmethod
+    def _fence_level(text: str | None) -> int:
+        return int(json.loads(text)["attempt"]) if text else 0
+
     def read_fence(self) -> int:
         """The explicit fence: attempts below it may not publish (0 when none was raised)."""
-        text = self._read_text(FENCE)
-        return int(json.loads(text)["attempt"]) if text else 0
+        return self._fence_level(self._read_text(FENCE))
 
     def last_attempt(self) -> int:
         """The highest attempt number this prefix has seen: fence, manifest entries, marker directories.
@@ -341,16 +565,26 @@ class CheckpointStore:
 
         The operator calls this right before it launches attempt N, which is after the backup-save of
         attempt N-1: backup-save runs as attempt N-1 and is fenced like the agent, so doing it first is
-        what lets it publish. One operator at a time writes the fence (a read-then-write).
+        what lets it publish.
+
+        A compare-and-swap where the store allows one: on S3 the write is conditional on the version read
+        (``If-None-Match: *`` / ``If-Match: <etag>``), on a local disk it holds :meth:`fence_guard`
+        exclusively; a concurrent writer that raised the fence higher is never overwritten. On other
+        stores (GCS) it is a plain read-then-write: one operator at a time raises the fence.
 
         Without a raised fence, a stale attempt is still stopped once a newer attempt has published a
         manifest entry (see :meth:`DirectorySync.check_fence`); the fence closes the gap before that.
         """
-        current = self.read_fence()
-        if attempt <= current:
-            return current
-        self._write_text(FENCE, json.dumps({"attempt": attempt, "time": time.time()}))
-        return attempt
+        with self.fence_guard(exclusive=True):
+            for _ in range(CAS_ROUNDS):
+                text, version = self._read_versioned(FENCE)
+                current = self._fence_level(text)
+                if attempt <= current:
+                    return current
+                if self._write_if(FENCE, json.dumps({"attempt": attempt, "time": time.time()}), version):
+                    return attempt
+                log.info("the fence changed while attempt %d raised it: reading it again", attempt)
+        raise StorageError(f"the fence kept changing: {CAS_ROUNDS} conditional writes in a row lost")
 
     # -- markers -------------------------------------------------------------------------------
     @staticmethod

@@ -171,21 +171,28 @@ class DirectorySync:
             log.info("%s changed while it was uploaded: taking it next round", change.relpath)
             self.store.discard_staged(staging)
             return False
-        try:
-            self._check_overwrite(change.relpath)
-        except FencedError:
-            self.store.discard_staged(staging)
-            raise
-        self.store.commit_file(staging, change.relpath)
+        # Local disks: no fence raise between this last check and the move (object stores: see concepts.md).
+        with self.store.fence_guard():
+            try:
+                self._check_overwrite(change.relpath)
+            except FencedError:
+                self.store.discard_staged(staging)
+                raise
+            self.store.commit_file(staging, change.relpath)
         return True
 
     def _publish(self, entries: dict[str, dict[str, Any]]) -> Manifest:
-        """Merge this round's entries into the manifest as it is now (another writer may have added some)."""
-        manifest = self.store.read_manifest()
-        self.check_fence(manifest)  # the fence, or a newer attempt's entry: never replace it, publish nothing
-        manifest.files.update(entries)
-        self.store.write_manifest(manifest)
-        return manifest
+        """Merge this round's entries into the manifest as it is now (another writer may have added some).
+
+        A compare-and-swap: if the manifest is replaced between this read and the write, it is read again
+        and the fence checked again, so a newer attempt's manifest is never overwritten.
+        """
+        def merge(manifest: Manifest) -> bool:
+            self.check_fence(manifest)  # the fence, or a newer attempt's entry: never replace it, publish nothing
+            manifest.files.update(entries)
+            return True
+
+        return self.store.update_manifest(merge)
 
     def sync(self, source: str = "agent") -> SyncResult:
         """One round: upload what changed, then publish it. Raises :class:`FencedError` once fenced."""
@@ -294,43 +301,58 @@ def restore(store: CheckpointStore, local_dir: str | Path, pattern: str) -> Rest
     local = Path(local_dir)
     local.mkdir(parents=True, exist_ok=True)
     local = local.resolve()
-    manifest = store.read_manifest()
-    result = RestoreResult()
-    safe: dict[str, dict] = {}
+    found = published(store.read_manifest(), pattern)
+    result = RestoreResult(rejected=list(found.rejected))
+    restorer = _Restorer(store, local, found.entries, result)
+    for name in found.others:
+        for relpath in found.groups[name]:
+            restorer.fetch(relpath)
+    for name in found.checkpoints:
+        if all([restorer.fetch(relpath) for relpath in found.groups[name]]):
+            result.resume_from = name
+            break
+        log.warning("checkpoint %s is incomplete or corrupt; trying the previous one", name)
+    if found.checkpoints and result.resume_from is None:
+        # Starting from scratch would silently throw the job's progress away: stop and say so.
+        raise RuntimeError(f"none of the {len(found.checkpoints)} checkpoint(s) in the store is intact: "
+                           f"{', '.join(found.checkpoints[:5])}")
+    return result
+
+
+@dataclass
+class Published:
+    """A manifest's usable entries by top-level name: what restore (and retention) choose from."""
+
+    entries: dict[str, dict] = field(default_factory=dict)  # safe, well-formed entries only
+    groups: dict[str, list[str]] = field(default_factory=dict)  # top-level name -> its relpaths, sorted
+    checkpoints: list[str] = field(default_factory=list)  # names the pattern matches, newest first
+    others: list[str] = field(default_factory=list)  # names that are not checkpoints (vocabularies, configs)
+    rejected: list[str] = field(default_factory=list)  # unsafe keys and malformed entries
+
+
+def published(manifest: Manifest, pattern: str) -> Published:
+    found = Published()
     for relpath, entry in manifest.files.items():
         try:
             safe_relpath(relpath)
         except ValueError as err:
             log.warning("%s", err)
-            result.rejected.append(relpath)
+            found.rejected.append(relpath)
             continue
         if not _valid_entry(entry):
             log.warning("manifest entry for %r is malformed: not restored", relpath)
-            result.rejected.append(relpath)
+            found.rejected.append(relpath)
             continue
-        safe[relpath] = entry
-
+        found.entries[relpath] = entry
     compiled = compile_pattern(pattern)
-    groups: dict[str, list[str]] = {}
-    for relpath in safe:
-        groups.setdefault(top_level(relpath), []).append(relpath)
-    checkpoints = sorted(
-        (name for name in groups if checkpoint_step(name, compiled) is not None),
+    for relpath in found.entries:
+        found.groups.setdefault(top_level(relpath), []).append(relpath)
+    for relpaths in found.groups.values():
+        relpaths.sort()
+    found.checkpoints = sorted(
+        (name for name in found.groups if checkpoint_step(name, compiled) is not None),
         key=lambda name: (checkpoint_step(name, compiled), name),
         reverse=True,
     )
-    others = [name for name in groups if checkpoint_step(name, compiled) is None]
-    restorer = _Restorer(store, local, safe, result)
-    for name in others:
-        for relpath in sorted(groups[name]):
-            restorer.fetch(relpath)
-    for name in checkpoints:
-        if all([restorer.fetch(relpath) for relpath in sorted(groups[name])]):
-            result.resume_from = name
-            break
-        log.warning("checkpoint %s is incomplete or corrupt; trying the previous one", name)
-    if checkpoints and result.resume_from is None:
-        # Starting from scratch would silently throw the job's progress away: stop and say so.
-        raise RuntimeError(f"none of the {len(checkpoints)} checkpoint(s) in the store is intact: "
-                           f"{', '.join(checkpoints[:5])}")
-    return result
+    found.others = [name for name in found.groups if checkpoint_step(name, compiled) is None]
+    return found
