@@ -7,15 +7,28 @@ Keys (visible in the task instance's Storage tab and the REST API)::
 
 Every value is written with ``retention=NEVER_EXPIRE`` (the default expires after 30 days). The ledger
 survives worker crashes and retries: it is how a new try reconnects instead of launching again.
+
+The state store can be edited from Airflow's UI ("Clear All", per-key delete and edit) and is cleared on
+success when ``[state_store] clear_on_success`` is on. So every record is also written, first, to a mirror in
+the checkpoint store (:class:`LedgerMirror`), with a revision number; a key that is missing from the state
+store, or older than the mirror, is restored from the mirror when it is read. The mirror is the record; the
+state store is where Airflow's UI and REST API show it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from airflow_spot_provider.checkpoints.store import CheckpointStore
+
+log = logging.getLogger(__name__)
 
 JOB_KEY = "spot.job"
 ATTEMPT_KEY = "spot.attempt.{:04d}"
@@ -25,6 +38,26 @@ ACTIVE = ("launching", "running")
 class StateStore(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
     def set(self, key: str, value: Any, *, retention: timedelta | None = None) -> None: ...
+
+
+class LedgerMirror:
+    """The ledger's copy in the checkpoint store: ``.spot/ledger/<task instance>/<key>.json``.
+
+    One directory per task instance (dag, run, task, map index), because runs may share a prefix.
+    """
+
+    def __init__(self, store: CheckpointStore, dag_id: str, run_id: str, task_id: str, map_index: int) -> None:
+        from airflow_spot_provider.checkpoints.store import LEDGER_DIR
+
+        self.store = store
+        scope = "\x1f".join([dag_id, run_id, task_id, str(map_index)])
+        self.dir = f"{LEDGER_DIR}/{hashlib.sha256(scope.encode()).hexdigest()[:24]}"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.store.read_json(f"{self.dir}/{key}.json")
+
+    def set(self, key: str, value: dict[str, Any]) -> None:
+        self.store.write_json(f"{self.dir}/{key}.json", value)
 
 
 def _never_expire() -> timedelta | None:
@@ -77,6 +110,8 @@ class AttemptRecord:
     launch_errors: list[dict[str, Any]] = field(default_factory=list)
     #: Timer deferrals while waiting for capacity (the backoff grows with it).
     capacity_waits: int = 0
+    #: Bumped on every save: the copy with the higher revision (state store or mirror) is the newer one.
+    revision: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttemptRecord:
@@ -115,16 +150,49 @@ class JobRecord:
     #: The attempt numbers of this job, in order. Numbers are unique per checkpoint prefix, so a job that
     #: continues from an older run's prefix starts after that run's numbers (``attempts`` is the last one).
     numbers: list[int] = field(default_factory=list)
+    #: The succeeded attempt whose result was returned to Airflow. A later try trains again only after that
+    #: (a user cleared the task); an automatic retry after a crash returns the recorded result instead.
+    returned_attempt: int | None = None
+    revision: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class Ledger:
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, mirror: LedgerMirror | None = None) -> None:
         self.store = store
-        raw = store.get(JOB_KEY)
-        self.job = JobRecord(**raw) if raw else JobRecord()
+        self.mirror = mirror
+        raw = self._read(JOB_KEY)
+        self.job = JobRecord.from_dict(raw) if raw else JobRecord()
         self._attempts: dict[int, AttemptRecord] = {}
         if not raw:
             self._save_job()
+
+    def _read(self, key: str) -> dict[str, Any] | None:
+        """A record, from whichever copy is newer; a state store copy that is missing or stale is rewritten."""
+        kept = self.store.get(key)
+        kept = kept if isinstance(kept, dict) else None
+        if self.mirror is None:
+            return kept
+        mirrored = self.mirror.get(key)
+        if mirrored is None:
+            if kept is not None:  # written before the mirror existed, or its write was cut short: copy it
+                self.mirror.set(key, kept)
+            return kept
+        if kept != mirrored and (kept is None or kept.get("revision", 0) <= mirrored.get("revision", 0)):
+            log.warning("Ledger key %s was %s in the task state store; restored it from the checkpoint store's "
+                        "copy (revision %s)", key, "missing" if kept is None else "changed", mirrored.get("revision"))
+            self.store.set(key, mirrored, retention=_never_expire())
+            return mirrored
+        return kept
+
+    def _write(self, key: str, value: dict[str, Any]) -> None:
+        if self.mirror is not None:  # first: the mirror is the record the state store is restored from
+            self.mirror.set(key, value)
+        self.store.set(key, value, retention=_never_expire())
 
     def deadline(self, try_number: int, timeout_seconds: float | None) -> float | None:
         """The try's deadline, fixed when the try first asks (a restarted worker keeps the same one)."""
@@ -137,11 +205,12 @@ class Ledger:
         return self.job.deadlines[key]
 
     def _save_job(self) -> None:
-        self.store.set(JOB_KEY, asdict(self.job), retention=_never_expire())
+        self.job.revision += 1
+        self._write(JOB_KEY, asdict(self.job))
 
     def attempt(self, number: int) -> AttemptRecord | None:
         if number not in self._attempts:
-            raw = self.store.get(ATTEMPT_KEY.format(number))
+            raw = self._read(ATTEMPT_KEY.format(number))
             if raw is None:
                 return None
             self._attempts[number] = AttemptRecord.from_dict(raw)
@@ -168,7 +237,22 @@ class Ledger:
 
     def save(self, record: AttemptRecord) -> None:
         self._attempts[record.attempt] = record
-        self.store.set(ATTEMPT_KEY.format(record.attempt), asdict(record), retention=_never_expire())
+        record.revision += 1
+        self._write(ATTEMPT_KEY.format(record.attempt), asdict(record))
+
+    def returning(self, record: AttemptRecord) -> None:
+        """This succeeded attempt's result is being returned to Airflow."""
+        self.job.returned_attempt = record.attempt
+        self._save_job()
+
+    @property
+    def unreturned_success(self) -> AttemptRecord | None:
+        """The current attempt, when it succeeded and was released but its result never reached Airflow."""
+        current = self.current
+        if current is not None and current.status == "succeeded" and current.released \
+                and self.job.returned_attempt != current.attempt:
+            return current
+        return None
 
     def preemptions_in_try(self, try_number: int) -> int:
         return sum(1 for a in self.attempts() if a.try_number == try_number and a.status in ("preempted", "lost"))

@@ -39,11 +39,13 @@ from airflow_spot_provider.backends.base import (
 )
 from airflow_spot_provider.checkpoints.latest import latest_name, top_level
 from airflow_spot_provider.checkpoints.objectstorage import store_for
+from airflow_spot_provider.checkpoints.retention import apply_retention
 from airflow_spot_provider.checkpoints.store import CheckpointStore
-from airflow_spot_provider.ledger import AttemptRecord, Ledger, format_attempt, format_totals
+from airflow_spot_provider.ledger import AttemptRecord, Ledger, LedgerMirror, format_attempt, format_totals
 from airflow_spot_provider.links.spot import SpotAttemptLink, SpotCheckpointLink, checkpoint_console_url
 from airflow_spot_provider.spec import DEFAULT_CHECKPOINT_PATTERN, JobSpec, SpotSpecError, machine_from, number
 from airflow_spot_provider.triggers.backup_save import BackupSaveTrigger
+from airflow_spot_provider.triggers.base import DESCRIBE_ERROR, DESCRIBE_FAILURE_TIMEOUT
 from airflow_spot_provider.triggers.spot_job import SpotJobTrigger
 
 if TYPE_CHECKING:
@@ -65,6 +67,9 @@ class SpotTrainingOperator(BaseOperator):
         replaced by its path (the reentrant ``--from-checkpoint`` style). Templated.
     :param max_preemptions: preemptions (and lost VMs) tolerated in one try before the task fails.
     :param checkpoint_pattern: regex with a ``step`` group picking the latest checkpoint by number.
+    :param keep_checkpoints: after each attempt, keep only the newest N checkpoints in the store (plus the
+        newest intact one, if they are corrupt) and remove fenced attempts' staging leftovers; None (default)
+        keeps everything.
     :param sync_interval: seconds between checkpoint syncs from the VM.
     :param poll_interval: seconds between status polls in the triggerer.
     :param env: extra environment variables for the job. Templated.
@@ -78,6 +83,8 @@ class SpotTrainingOperator(BaseOperator):
         and release its disk (default). Off: the VM keeps running (the sweep finds it later).
     :param capacity_retry_delay: first wait, in seconds, after every placement refused for capacity; it doubles
         with each round, up to 10 minutes.
+    :param describe_failure_timeout: seconds the cloud may fail to describe the watched VM in a row (revoked
+        credentials, a wrong region) before the try fails with its error; the attempt is kept for the retry.
     """
 
     template_fields: Sequence[str] = ("command", "checkpoint_uri", "resume_args", "env")
@@ -94,6 +101,7 @@ class SpotTrainingOperator(BaseOperator):
         resume_args: Sequence[str] | None = None,
         max_preemptions: int = 10,
         checkpoint_pattern: str = DEFAULT_CHECKPOINT_PATTERN,
+        keep_checkpoints: int | None = None,
         sync_interval: float = 30.0,
         poll_interval: float = 10.0,
         env: dict[str, str] | None = None,
@@ -103,6 +111,7 @@ class SpotTrainingOperator(BaseOperator):
         job_timeout: timedelta | float | None = None,
         cancel_on_kill: bool = True,
         capacity_retry_delay: float = 30.0,
+        describe_failure_timeout: float = DESCRIBE_FAILURE_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -111,7 +120,7 @@ class SpotTrainingOperator(BaseOperator):
             command=command, checkpoint_uri=checkpoint_uri, backend=backend, resume_args=resume_args or (),
             env=env or {}, pass_env=pass_env or (), checkpoint_pattern=checkpoint_pattern,
             sync_interval=sync_interval, poll_interval=poll_interval, max_preemptions=max_preemptions,
-            machine=machine_from(machine),
+            keep_checkpoints=keep_checkpoints, machine=machine_from(machine),
         )
         if backend_options is not None and not isinstance(backend_options, dict):
             raise SpotSpecError(f"backend_options: must be a dict, got {type(backend_options).__name__}")
@@ -119,6 +128,7 @@ class SpotTrainingOperator(BaseOperator):
             job_timeout = job_timeout.total_seconds()
         self.job_timeout = number("job_timeout", job_timeout, allow_none=True, exclusive=True)
         self.capacity_retry_delay = number("capacity_retry_delay", capacity_retry_delay, exclusive=True)
+        self.describe_failure_timeout = number("describe_failure_timeout", describe_failure_timeout, exclusive=True)
         if not isinstance(cancel_on_kill, bool):
             raise SpotSpecError(f"cancel_on_kill: must be True or False, got {cancel_on_kill!r}")
         self.cancel_on_kill = cancel_on_kill
@@ -145,6 +155,14 @@ class SpotTrainingOperator(BaseOperator):
     def _store(self, spec: JobSpec) -> CheckpointStore:
         return store_for(spec.checkpoint_uri, self.conn_id)
 
+    def _ledger(self, context: Context) -> Ledger:
+        ti = context["ti"]
+        map_index = ti.map_index if ti.map_index is not None else -1
+        mirror = LedgerMirror(self._store(self._spec()), ti.dag_id, ti.run_id, ti.task_id, map_index)
+        ledger = Ledger(context["task_state_store"], mirror)
+        self._show_links(ledger.current)  # every run reads the ledger first: its links start from it
+        return ledger
+
     @staticmethod
     def _identity(context: Context, ledger: Ledger) -> JobIdentity:
         ti = context["ti"]
@@ -169,8 +187,14 @@ class SpotTrainingOperator(BaseOperator):
 
     # -- entry: a new try, or a restarted worker -----------------------------------------------
     def execute(self, context: Context) -> Any:
-        ledger = Ledger(context["task_state_store"])
+        ledger = self._ledger(context)
         self._deadline(context, ledger)
+        if (done := ledger.unreturned_success) is not None:
+            # The job succeeded but the worker died before Airflow heard of it: this is the automatic retry.
+            # Return the recorded result; only a user's clear after a returned success trains again.
+            self.log.info("Attempt %d already succeeded; returning its recorded result instead of training again",
+                          done.attempt)
+            return self._decide(context, ledger, done, self._spec())
         current = ledger.current
         if current is not None and current.active:
             self.log.info("Reconnecting to attempt %d (%s) instead of launching a new VM",
@@ -248,7 +272,7 @@ class SpotTrainingOperator(BaseOperator):
                    method_name="retry_launch", timeout=self._timeout(context, ledger))
 
     def retry_launch(self, context: Context, event: Any = None) -> Any:
-        ledger = Ledger(context["task_state_store"])
+        ledger = self._ledger(context)
         current = ledger.current
         if current is None or current.status != "launching":
             return self.execute(context)
@@ -276,12 +300,23 @@ class SpotTrainingOperator(BaseOperator):
         return {
             "backend": self._backend().serialize(), "instance_id": instance_id, "attempt": record.attempt,
             "checkpoint_uri": spec.checkpoint_uri, "conn_id": self.conn_id, "poll_interval": spec.poll_interval,
-            "cancel_on_kill": self.cancel_on_kill,
+            "cancel_on_kill": self.cancel_on_kill, "describe_failure_timeout": self.describe_failure_timeout,
         }
 
+    def _show_links(self, record: AttemptRecord | None) -> None:
+        """What the task's extra links show once this run ends (the Task SDK stores them in XCom then).
+
+        Set on every run, "" when there is no URL: whatever a run leaves is what the links show.
+        """
+        try:
+            instance_id = record.instance_id if record is not None else None
+            SpotAttemptLink.show(self, self._backend().console_url(instance_id) if instance_id else None)
+            SpotCheckpointLink.show(self, checkpoint_console_url(self._spec().checkpoint_uri))
+        except Exception as err:  # noqa: BLE001 - a link is a courtesy: it never fails the run
+            self.log.warning("The task's extra links are not set: %s", err)
+
     def _defer_watch(self, context: Context, ledger: Ledger, record: AttemptRecord, spec: JobSpec) -> None:
-        SpotAttemptLink.persist(context, self._backend().console_url(record.instance_id))
-        SpotCheckpointLink.persist(context, checkpoint_console_url(spec.checkpoint_uri))
+        self._show_links(record)
         self.defer(trigger=SpotJobTrigger(**self._trigger_args(record, spec, record.instance_id)),
                    method_name="execute_complete", timeout=self._timeout(context, ledger))
 
@@ -301,7 +336,7 @@ class SpotTrainingOperator(BaseOperator):
 
     # -- an attempt ended ----------------------------------------------------------------------
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        ledger = Ledger(context["task_state_store"])
+        ledger = self._ledger(context)
         record = ledger.attempt(int(event["attempt"]))
         current = ledger.current
         if record is None or current is None or record.attempt != current.attempt or not record.active:
@@ -309,10 +344,21 @@ class SpotTrainingOperator(BaseOperator):
             self.log.info("Ignoring event for attempt %s: the ledger's current attempt is %s",
                           event.get("attempt"), current.attempt if current else None)
             return self.execute(context)
+        if event["status"] == DESCRIBE_ERROR:
+            raise self._describe_error(record, event)
         self._record_event(record, event)
         ledger.save(record)
         self.log.info("%s", format_attempt(record))
         return self._cleanup(context, ledger, record)
+
+    @staticmethod
+    def _describe_error(record: AttemptRecord, event: dict[str, Any]) -> AirflowException:
+        # Nothing is recorded, terminated or released: the VM may well be fine, only the cloud API refused
+        # us. The ledger still holds the attempt (or its backup-save helper), so the next try picks it up.
+        return AirflowException(
+            f"attempt {record.attempt}: the cloud could not describe {event.get('instance_id')} for "
+            f"{event.get('failing_seconds')}s: {event.get('reason')}. Nothing was terminated; "
+            "a retry reconnects to it.")
 
     def _record_event(self, record: AttemptRecord, event: dict[str, Any]) -> None:
         facts = InstanceFacts.from_dict(event["facts"])
@@ -362,11 +408,13 @@ class SpotTrainingOperator(BaseOperator):
                    method_name="backup_save_complete", timeout=self._timeout(context, ledger))
 
     def backup_save_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        ledger = Ledger(context["task_state_store"])
+        ledger = self._ledger(context)
         record = ledger.current
         if record is None or record.backup_helper != event.get("instance_id"):
             self.log.info("Ignoring a backup-save event for %s: no such helper in the ledger", event.get("instance_id"))
             return self.execute(context)
+        if event.get("status") == DESCRIBE_ERROR:
+            raise self._describe_error(record, event)
         result = self._backend().finish_backup_save(record.instance_id, record.backup_helper, event.get("marker"))
         if result.error is None and event.get("status") != "done":
             result.error = event.get("reason") or "the backup-save helper ended without a result"
@@ -395,11 +443,19 @@ class SpotTrainingOperator(BaseOperator):
         record.released = True
         self._record_checkpoint(record, self._store(spec), spec.checkpoint_pattern)
         ledger.save(record)
+        if spec.keep_checkpoints is not None:
+            # Now nothing may write: this attempt's VM is gone, older ones are fenced, the next is not launched.
+            try:
+                kept = apply_retention(self._store(spec), spec.checkpoint_pattern, spec.keep_checkpoints)
+                self.log.info("Checkpoint retention: %s", kept.describe())
+            except Exception as err:  # noqa: BLE001 - housekeeping never fails the job; the next release retries
+                self.log.warning("Checkpoint retention failed (the next attempt's release tries again): %s", err)
         return self._decide(context, ledger, record, spec)
 
     def _decide(self, context: Context, ledger: Ledger, record: AttemptRecord, spec: JobSpec) -> Any:
         status = record.status
         if status == "succeeded":
+            ledger.returning(record)
             self.log.info("Job finished: %s", format_totals(ledger.totals()))
             return {**ledger.summary(), "checkpoint_uri": spec.checkpoint_uri}
         self._log_console(record)
@@ -443,7 +499,7 @@ class SpotTrainingOperator(BaseOperator):
 
     def _abandon(self, context: Context, reason: str) -> None:
         """Remove the current attempt's VM, helper and disk: the task is about to fail."""
-        ledger = Ledger(context["task_state_store"])
+        ledger = self._ledger(context)
         record = ledger.current
         if record is None or record.released:
             return
