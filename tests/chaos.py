@@ -1,32 +1,47 @@
-"""A spot market for the emulated clouds: reclaims attempts on a plan while a job runs."""
+"""A spot market for the emulated clouds: reclaims attempts at planned points of a job's progress."""
 
 from __future__ import annotations
 
+import os
 import threading
-import time
 from collections.abc import Callable
+from pathlib import Path
+
+from airflow_spot_provider.checkpoints.latest import checkpoint_step, compile_pattern
+
+from .e2e import CKPT_PATTERN
 
 
 class Chaos(threading.Thread):
-    """``plan[attempt] = (seconds after it is first seen running, notice seconds or None for no notice)``.
+    """``plan[attempt] = (checkpoint step, notice seconds or None for no notice)``: reclaim the attempt once its
+    VM's checkpoint directory holds a checkpoint of that step or later. A point in the job's progress, not a
+    time, so the plan holds however loaded the machine is.
 
-    ``running()`` lists the job's running attempts as (instance id, attempt number); ``preempt(id, notice)``
-    reclaims one through the cloud fake's control layer.
+    ``running()`` lists the job's running attempts as (instance id, attempt number); ``checkpoints(id)`` is the
+    VM's checkpoint directory (on its data disk); ``preempt(id, notice)`` reclaims one through the cloud fake's
+    control layer.
     """
 
-    def __init__(self, running: Callable[[], list[tuple[str, int]]], preempt: Callable[[str, float | None], None],
-                 plan: dict[int, tuple[float, float | None]]) -> None:
+    def __init__(self, running: Callable[[], list[tuple[str, int]]], checkpoints: Callable[[str], Path],
+                 preempt: Callable[[str, float | None], None], plan: dict[int, tuple[int, float | None]]) -> None:
         super().__init__(daemon=True)
-        self.running, self.preempt, self.plan = running, preempt, plan
-        self.seen: dict[str, float] = {}
+        self.running, self.checkpoints, self.preempt, self.plan = running, checkpoints, preempt, plan
+        self.pattern = compile_pattern(CKPT_PATTERN)
         self.done: set[str] = set()
         self.stop = threading.Event()
+
+    def reached(self, instance_id: str, step: int) -> bool:
+        try:
+            names = os.listdir(self.checkpoints(instance_id))
+        except FileNotFoundError:
+            return False
+        return any((found := checkpoint_step(name, self.pattern)) is not None and found >= step for name in names)
 
     def run(self) -> None:
         while not self.stop.is_set():
             for instance_id, attempt in self.running():
-                running_for = time.monotonic() - self.seen.setdefault(instance_id, time.monotonic())
-                if attempt in self.plan and instance_id not in self.done and running_for >= self.plan[attempt][0]:
+                if attempt in self.plan and instance_id not in self.done and self.reached(instance_id,
+                                                                                          self.plan[attempt][0]):
                     self.done.add(instance_id)
                     self.preempt(instance_id, self.plan[attempt][1])
-            time.sleep(0.2)
+            self.stop.wait(0.1)

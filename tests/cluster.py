@@ -162,6 +162,9 @@ class AirflowCluster:
             "AIRFLOW__API__PORT": str(self.api_port),
             "AIRFLOW__API__BASE_URL": self.base_url,
             "AIRFLOW__API__WORKERS": "1",
+            # Workers and triggerers call the api-server; on a loaded 2-core machine an answer can take longer
+            # than the default 5 s, and a task whose first call times out fails before it starts.
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
@@ -373,13 +376,22 @@ class AirflowCluster:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            token = httpx.get(f"{self.base_url}/auth/token", timeout=10, trust_env=False).json()["access_token"]
-            self._http = httpx.Client(base_url=self.base_url, timeout=30, trust_env=False,
+            token = httpx.get(f"{self.base_url}/auth/token", timeout=60, trust_env=False).json()["access_token"]
+            self._http = httpx.Client(base_url=self.base_url, timeout=60, trust_env=False,
                                       headers={"Authorization": f"Bearer {token}"})
         return self._http
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self.http.request(method, path, **kwargs)
+        # A loaded machine can leave the api-server without an answer for a while: idempotent calls are asked
+        # again (a POST is not: it could start a second run).
+        tries = 1 if method == "POST" else 5
+        for attempt in range(1, tries + 1):
+            try:
+                response = self.http.request(method, path, **kwargs)
+                break
+            except httpx.TransportError:
+                if attempt == tries:
+                    raise
         if response.status_code >= 400 and response.status_code != 404:
             raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:2000]}")
         return response
@@ -465,6 +477,30 @@ class AirflowCluster:
             return holder if running else None
 
         return wait_for(started, 60, what="a triggerer to be running the trigger")
+
+    def wait_deferral_reported(self, dag_id: str, run_id: str, task_id: str = "train", count: int = 1) -> None:
+        """Until the scheduler has processed the executor's report of ``count`` worker runs of the task.
+
+        Airflow 3.3.2 fails a task whose trigger fires before the scheduler saw the deferring worker exit, once
+        the resumed task is already queued or running ("state changed externally"): a scenario that ends an
+        attempt right after its launch waits for this first.
+        """
+        line = (f"Received executor event with state success for task instance TaskInstanceKey(dag_id='{dag_id}', "
+                f"task_id='{task_id}', run_id='{run_id}'")
+
+        def reported() -> bool:
+            schedulers = [c for c in self.components if c.name == "scheduler"]
+            return sum(c.log.read_text(errors="replace").count(line) for c in schedulers) >= count
+
+        wait_for(reported, 120, what=f"the scheduler to process {count} worker exit(s) of {dag_id}/{run_id}")
+
+    def ready_holder(self, dag_id: str, run_id: str) -> tuple[int, int]:
+        """:meth:`running_holder`, once its triggerer can answer ``on_kill``'s task-state question at once (the
+        trigger warms that up when it starts; before, the first answer can take longer than on_kill's budget)."""
+        holder = self.running_holder(dag_id, run_id)
+        wait_for(lambda: "task state API ready" in self.trigger_log(dag_id, run_id, holder[1]), 180,
+                 what="the triggerer's task state API to be ready")
+        return holder
 
     def wait_taken_over(self, dag_id: str, run_id: str, new: Component) -> None:
         """Until the ``new`` triggerer holds the task's trigger (or the task is no longer deferred)."""

@@ -2,10 +2,11 @@
 (scheduler, dag-processor, triggerer, api-server; LocalExecutor on PostgreSQL) and an offline EC2/S3
 (:class:`FakeAws`: moto plus a VM runner that runs each instance's user data as a local process).
 
-Three scenarios: the triggerer SIGKILLed while the job is deferred (a new triggerer finishes it; one
+Four scenarios: the triggerer SIGKILLed while the job is deferred (a new triggerer finishes it; one
 EC2 attempt instance ever, no duplicate ledger attempt), mark-failed through the REST API (instance
-terminated and EBS data volume deleted within 30 s), and the ``airflow-spot sweep --backend aws``
-after all of Airflow was killed mid-job. Each prints how long recovery took.
+terminated and EBS data volume deleted within 30 s), the task's state store cleared through the REST API
+while an attempt runs and during its backup-save (the ledger is restored from its mirror), and the
+``airflow-spot sweep --backend aws`` after all of Airflow was killed mid-job. Each prints how long recovery took.
 
 The FakeAws lives in this process (its VM runner is a thread here) and is started before the cluster;
 the Airflow processes get only its connection (``AIRFLOW_CONN_<ID>``) and the DAGs' settings through
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -178,7 +181,7 @@ def test_mark_failed_while_deferred_terminates_instance_and_deletes_volume(clust
     try:
         attempt = live_attempt(cluster, aws, dag_id, run_id)
         instance_id = attempt["InstanceId"]
-        holder = cluster.running_holder(dag_id, run_id)
+        holder = cluster.ready_holder(dag_id, run_id)
         assert volumes(aws, dag_id, run_id), "the attempt has no tagged EBS data volume"
 
         marked = time.monotonic()
@@ -196,7 +199,68 @@ def test_mark_failed_while_deferred_terminates_instance_and_deletes_volume(clust
         cleanup_run(aws, dag_id, run_id)
 
 
-# -- 3. Airflow crashes, the sweep cleans up (kills the cluster: runs last) -------------------------------------------
+# -- 3. the ledger cleared in the UI while an attempt runs and during its backup-save ----------------------------
+HELD_PYTHON = """#!/bin/bash
+# The VM's Python; a backup-save waits for the test's word before it starts.
+if [ "$2" = airflow_spot_provider.agent.backup ]; then
+  touch {gate}.held
+  while [ ! -e {gate} ]; do sleep 0.1; done
+fi
+exec {python} "$@"
+"""
+
+
+def test_ledger_cleared_while_running_and_during_backup_save_the_job_finishes_once(cluster, aws, capsys):
+    """The UI's "Clear All Task State Store" (the REST call behind it) twice: while attempt 1 runs, and while its
+    backup-save helper runs. The operator restores the ledger from its mirror in S3 each time: the job finishes
+    once, with both attempts on record, one live attempt at a time, and nothing left in the cloud."""
+    dag_id = "spot_cluster_aws_ledger_cleared"
+    gate = cluster.root / "backup-save-gate"
+    held = cluster.root / "held-python"
+    held.write_text(HELD_PYTHON.format(gate=shlex.quote(str(gate)), python=shlex.quote(sys.executable)))
+    held.chmod(0o755)
+    run_id = cluster.trigger(dag_id)
+    state_store = cluster._ti_path(dag_id, run_id, "train") + "/state-store"
+    try:
+        attempt = live_attempt(cluster, aws, dag_id, run_id)
+        first = attempt["InstanceId"]
+        wait_for(lambda: list((aws.vm_dir(first) / "root" / "data" / "checkpoints").glob("ckpt-*")), 120,
+                 interval=0.25, what="attempt 1's first checkpoint")
+        cluster.api("DELETE", state_store)
+        assert cluster.state_store(dag_id, run_id) == {}
+        info(capsys, f"state store cleared while {first} runs")
+
+        cluster.wait_deferral_reported(dag_id, run_id)
+        aws.preempt(first, notice_seconds=None)
+        wait_for(lambda: gate.with_name(gate.name + ".held").exists(), 120, interval=0.25,
+                 what="the backup-save helper to start (and be held)")
+        cluster.wait_for_state(dag_id, run_id, ("deferred",), 120)
+        _, attempts = cluster.ledger(dag_id, run_id)
+        assert attempts and attempts[0]["backup_helper"], attempts  # restored, and the helper recorded
+        cluster.api("DELETE", state_store)
+        assert cluster.state_store(dag_id, run_id) == {}
+        info(capsys, "state store cleared while the backup-save helper runs")
+        gate.touch()
+
+        cluster.wait_for_state(dag_id, run_id, ("success", "failed", "up_for_retry"), 300)
+        assert cluster.ti_state(dag_id, run_id) == "success"
+        assert cluster.try_number(dag_id, run_id) == 1
+        job, attempts = cluster.ledger(dag_id, run_id)
+        assert job["attempts"] == 2 and [a["status"] for a in attempts] == ["preempted", "succeeded"], attempts
+        assert attempts[0]["instance_id"] == first and attempts[0]["released"]
+        assert attempts[0]["backup_save"] and not attempts[0]["backup_save"].get("error"), attempts[0]
+        assert attempts[1]["restored_from"] == attempts[0]["last_checkpoint"] is not None
+        assert attempts[1]["launched_at"] >= attempts[0]["ended_at"]  # one live attempt at a time
+        summary = cluster.xcom(dag_id, run_id)
+        assert [a["instance_id"] for a in summary["attempts"]] == [a["instance_id"] for a in attempts]
+        assert len(instances(aws, dag_id, run_id, "attempt")) == 2
+        wait_for(lambda: not leftovers(aws, dag_id, run_id), 60, interval=0.25, what="nothing left in the cloud")
+    finally:
+        gate.touch()
+        cleanup_run(aws, dag_id, run_id)
+
+
+# -- 4. Airflow crashes, the sweep cleans up (kills the cluster: runs last) -------------------------------------------
 def test_sweep_after_airflow_crash_removes_instance_and_volume(cluster, aws, capsys):
     dag_id = "spot_cluster_aws_sweep"
     run_id = cluster.trigger(dag_id)
@@ -211,7 +275,7 @@ def test_sweep_after_airflow_crash_removes_instance_and_volume(cluster, aws, cap
         # Right after a crash the metadata DB still looks live; the sweep calls the job orphaned only once
         # Airflow's heartbeats are older than its health threshold.
         cluster.wait_until_down()
-        record(capsys, "3. Airflow SIGKILL -> heartbeats past the health threshold", time.monotonic() - crashed)
+        record(capsys, "4. Airflow SIGKILL -> heartbeats past the health threshold", time.monotonic() - crashed)
 
         dry = cluster.run_cli(SWEEP_ARGS)
         assert dry.returncode == 0, dry.stderr
@@ -224,7 +288,7 @@ def test_sweep_after_airflow_crash_removes_instance_and_volume(cluster, aws, cap
         assert orphan in delete.stdout, delete.stdout
         assert leftovers(aws, dag_id, run_id) == [], delete.stdout
         assert aws.wait_gone(orphan) == "terminated"
-        record(capsys, "3. sweep --delete (instance terminated, volume deleted)", time.monotonic() - started)
+        record(capsys, "4. sweep --delete (instance terminated, volume deleted)", time.monotonic() - started)
         info(capsys, f"sweep --delete said:\n{delete.stdout.rstrip()}")
 
         again = cluster.run_cli([*SWEEP_ARGS, "--delete"])

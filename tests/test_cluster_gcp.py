@@ -205,7 +205,7 @@ def test_mark_failed_while_deferred_deletes_vm_and_data_disk(cluster, gcp, capsy
     run_id = cluster.trigger(dag_id)
     try:
         vm = live_attempt(cluster, gcp, dag_id, run_id)
-        holder = cluster.running_holder(dag_id, run_id)
+        holder = cluster.ready_holder(dag_id, run_id)
         assert f"{vm['id']}-data" in disks(gcp, dag_id, run_id), "the attempt has no labelled data disk"
 
         marked = time.monotonic()

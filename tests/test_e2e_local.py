@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_spot_provider.checkpoints.latest import checkpoint_step, compile_pattern
+from airflow_spot_provider.checkpoints.latest import checkpoint_step, compile_pattern, top_level
 from airflow_spot_provider.checkpoints.store import CheckpointStore
 
 from .e2e import CKPT_PATTERN, assert_bit_identical, baseline_model, run_job, train_command
@@ -21,8 +21,10 @@ def test_three_preemptions_one_try_bit_identical_model(tmp_path, dataset, state_
     result = run_job(
         "e2e_three_preemptions", tmp_path, command, max_preemptions=3,
         # 1st: notice with time to save; 2nd: no time to act (backup-save recovers the disk); 3rd: notice.
+        # Each at a checkpoint step, so the plan does not depend on how fast the machine trains.
         backend_options={"state_dir": str(state_dir), "notice_seconds": 1.0,
-                         "preempt_after": [1.2, {"after": 1.2, "notice_seconds": 0}, 1.2]},
+                         "preempt_after": [{"at_step": 200}, {"at_step": 400, "notice_seconds": 0},
+                                           {"at_step": 600}]},
     )
     assert result["state"] == "success"
     assert result["try_number"] == 1  # preemptions did not consume retries
@@ -56,7 +58,7 @@ def test_notice_handler_checkpoint_is_what_the_next_attempt_resumes_from(tmp_pat
     command = train_command(dataset, epochs=4, epoch_seconds=1.0)
     result = run_job(
         "e2e_notice_grace", tmp_path, command, sync_interval=60.0,  # only the notice path can save the work
-        backend_options={"state_dir": str(state_dir), "preempt_after": [1.5], "notice_seconds": 3.0},
+        backend_options={"state_dir": str(state_dir), "preempt_after": [{"at_step": 100}], "notice_seconds": 3.0},
     )
     first, second = result["summary"]["attempts"]
     assert first["status"] == "preempted" and first["notice_at"] is not None
@@ -75,7 +77,7 @@ def test_reentrant_script_gets_resume_args_only_when_a_checkpoint_was_restored(t
     command[1] = str(TRAINING / "train_reentrant.py")
     result = run_job(
         "e2e_reentrant", tmp_path, command, resume_args=["--from-checkpoint", "{resume_from}"],
-        backend_options={"state_dir": str(state_dir), "preempt_after": [1.2], "notice_seconds": 1.0},
+        backend_options={"state_dir": str(state_dir), "preempt_after": [{"at_step": 100}], "notice_seconds": 1.0},
     )
     assert result["state"] == "success"
     first, second = result["summary"]["attempts"]
@@ -104,3 +106,28 @@ def test_a_new_run_on_the_same_prefix_continues_after_the_old_attempts(tmp_path,
     (new,) = second["summary"]["attempts"]
     assert (old["attempt"], new["attempt"]) == (1, 2)
     assert new["restored_from"] == old["last_checkpoint"] is not None
+
+
+def test_keep_checkpoints_prunes_the_store_and_every_attempt_still_resumes(tmp_path, dataset, state_dir):
+    """Retention after each attempt's release: the next attempt restores what the last one left, the store
+    ends with the newest checkpoint only, and only the last attempt's staging directories remain."""
+    command = train_command(dataset, epochs=5, epoch_seconds=0.3)
+    result = run_job(
+        "e2e_keep_checkpoints", tmp_path, command, keep_checkpoints=1, max_preemptions=2,
+        # A notice with time to save, then a kill without one (backup-save publishes from the disk).
+        backend_options={"state_dir": str(state_dir), "notice_seconds": 1.0,
+                         "preempt_after": [{"at_step": 200}, {"at_step": 300, "notice_seconds": 0}]},
+    )
+    assert result["state"] == "success"
+    attempts = result["summary"]["attempts"]
+    assert [a["status"] for a in attempts] == ["preempted", "preempted", "succeeded"]
+    for before, after in zip(attempts, attempts[1:], strict=False):
+        assert after["restored_from"] == before["last_checkpoint"] is not None
+    store = CheckpointStore.from_uri(f"file://{tmp_path}/store/")
+    newest = attempts[-1]["last_checkpoint"]
+    names = {top_level(relpath) for relpath in store.read_manifest().files}
+    assert {n for n in names if step_of(n) is not None} == {newest}
+    assert {p.name for p in (tmp_path / "store").iterdir() if step_of(p.name) is not None} == {newest}
+    staging = [p.name for p in (tmp_path / "store" / ".spot" / "staging").iterdir()]
+    assert {CheckpointStore.staging_attempt(name) for name in staging} <= {attempts[-1]["attempt"]}
+    assert_bit_identical(tmp_path / "store" / "model.npz", baseline_model(tmp_path, command))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -82,8 +84,10 @@ def test_scheduled_market_preempts_by_itself(tmp_path, state_dir):
     backend = LocalBackend(state_dir=str(state_dir), preempt_after=[0.5], notice_seconds=0.5)
     facts = backend.launch(request(tmp_path, SLEEPER))
     ended = wait_for(lambda: (f := backend._facts(facts.instance_id)).state is InstanceState.TERMINATED and f)
-    # Reclaimed at 0.5 s; the job dies of the forwarded SIGTERM at once, so the end comes before the grace is up.
-    assert ended.preempted and 0.5 <= ended.ended_at - ended.launched_at < 10
+    state = json.loads((backend.instances / facts.instance_id / "state.json").read_text())
+    # Reclaimed 0.5 s after it started (notice first, then the kill): never earlier than planned.
+    assert ended.preempted and ended.reason == "Local.SpotInterruption"
+    assert state["notice_at"] - state["started_at"] >= 0.5
 
 
 def test_host_death_is_seen_as_lost_and_terminate_still_kills_the_vm(tmp_path, local_backend):
@@ -147,15 +151,92 @@ def test_sweep_asks_airflow_and_spares_live_jobs(tmp_path, local_backend, capsys
 
 
 def test_random_market_is_reproducible_with_a_seed():
-    from airflow_spot_provider.backends.local_market import scheduled_preemption
+    from airflow_spot_provider.backends.local_market import Preemption, scheduled_preemption
 
     market = {"preemption_rate_per_hour": 3600.0, "seed": 42, "notice_seconds": 2}
     draws = [scheduled_preemption(market, attempt) for attempt in (1, 2, 3)]
     assert draws == [scheduled_preemption(market, attempt) for attempt in (1, 2, 3)]
-    assert len({d[0] for d in draws}) == 3 and all(d[1] == 2 for d in draws)
+    assert len({d.after for d in draws}) == 3 and all(d.grace == 2 for d in draws)
     assert scheduled_preemption({**market, "seed": 43}, 1) != draws[0]
     assert scheduled_preemption({"preempt_after": [None, 5]}, 1) is None
-    assert scheduled_preemption({"preempt_after": [None, {"after": 5, "notice_seconds": 0}]}, 2) == (5.0, 0.0)
+    assert scheduled_preemption({"preempt_after": [None, {"after": 5, "notice_seconds": 0}]}, 2) == Preemption(0.0, 5.0)
+    assert scheduled_preemption({"preempt_after": [{"at_step": 300}]}, 1) == Preemption(5.0, at_step=300)
+
+
+def test_market_preempts_at_a_checkpoint_step_whatever_the_pace(tmp_path):
+    """``at_step`` reclaims an attempt once its disk holds that checkpoint: a plan that no machine load moves."""
+    from airflow_spot_provider.backends.local import LocalBackend
+
+    backend = LocalBackend(state_dir=str(tmp_path / "state"), preempt_after=[{"at_step": 3, "notice_seconds": 30}])
+    gate = tmp_path / "gate"
+    script = ("import os, pathlib, time\n"
+              "d = pathlib.Path(os.environ['SPOT_CHECKPOINT_DIR'])\n"
+              "for step in (1, 2):\n"
+              "    (d / f'ckpt-{step}').write_text('x')\n"
+              f"while not os.path.exists({str(gate)!r}):\n"  # the test decides when step 3 comes
+              "    time.sleep(0.05)\n"
+              "(d / 'ckpt-3').write_text('x')\n"
+              "time.sleep(600)\n")
+    facts = backend.launch(request(tmp_path, [sys.executable, "-c", script]))
+    notice = backend.instances / facts.instance_id / "metadata" / "spot-notice.json"
+    disk = backend.instances / facts.instance_id / "disk" / "checkpoints"
+    wait_for(lambda: (disk / "ckpt-2").exists(), 60)
+    assert not notice.exists()  # steps 1 and 2 are below the plan, however long they took
+    gate.touch()
+    wait_for(notice.exists, 60)
+    assert (disk / "ckpt-3").exists()
+    backend.terminate(facts.instance_id)
+
+
+LAUNCHER = """\
+import sys
+from airflow_spot_provider.backends.base import JobIdentity, LaunchRequest
+from airflow_spot_provider.backends.local import LocalBackend
+backend = LocalBackend(state_dir={state!r}, boot_seconds=float(sys.argv[2]))
+backend.launch(LaunchRequest(identity=JobIdentity("d", "r", sys.argv[1], -1, "n"), attempt=1,
+               command=[sys.executable, "-c", "import time; time.sleep(600)"], resume_args=[], env={{}},
+               checkpoint_uri={store!r}, checkpoint_pattern=r"(?P<step>\\d+)", sync_interval=1))
+"""
+
+
+def test_a_killed_launcher_leaves_no_instance_or_one_that_runs(tmp_path):
+    """Like a cloud's accepted request: a launcher killed at any moment leaves nothing, or a VM that boots and
+    runs; never an instance whose host never started. A relaunch with the same token finds it or starts it."""
+    state = tmp_path / "state"
+    script = tmp_path / "launch.py"
+    script.write_text(LAUNCHER.format(state=str(state), store=f"file://{tmp_path}/store/"))
+    from airflow_spot_provider.backends.local import LocalBackend
+
+    backend = LocalBackend(state_dir=str(state))
+    # Killed while the accepted VM boots: the instance stays and comes up running.
+    launcher = subprocess.Popen([sys.executable, str(script), "booting", "2"])
+    instance = wait_for(lambda: next(iter(backend.instances.glob("i-local-*")), None), 60)
+    launcher.kill()
+    launcher.wait()
+    assert wait_for(lambda: backend._facts(instance.name).state is not InstanceState.PENDING, 60)
+    assert backend._facts(instance.name).state is InstanceState.RUNNING
+    backend.terminate(instance.name)
+    # Killed at many moments of the launch: each time nothing is left, or an instance that runs.
+    staging = backend.instances / ".launching"
+    for i in range(12):
+        launcher = subprocess.Popen([sys.executable, str(script), f"kill-{i}", "0"])
+        wait_for(lambda p=launcher: (staging.is_dir() and any(staging.iterdir())) or p.poll() is not None, 60,
+                 interval=0.005)
+        time.sleep(0.01 * i)  # a spread of kill points, from staging to running: any of them must be safe
+        launcher.kill()
+        launcher.wait()
+        req = LaunchRequest(identity=JobIdentity("d", "r", f"kill-{i}", -1, "n"), attempt=1, command=SLEEPER,
+                            resume_args=[], env={}, checkpoint_uri=f"file://{tmp_path}/store/",
+                            checkpoint_pattern=r"(?P<step>\d+)", sync_interval=1)
+        found = backend.find(req)
+        if found is not None:
+            assert wait_for(lambda f=found: backend._facts(f.instance_id).state is not InstanceState.PENDING, 60)
+            assert backend._facts(found.instance_id).state is InstanceState.RUNNING, backend._facts(found.instance_id)
+        relaunched = backend.launch(req)  # reconnects, or launches the one that was never accepted
+        assert relaunched.state is InstanceState.RUNNING
+        assert found is None or relaunched.instance_id == found.instance_id
+        backend.terminate(relaunched.instance_id)
+    assert [p.name for p in staging.iterdir()] == []
 
 
 def test_sweep_operator_in_a_dag_asks_airflow_through_the_task_sdk(tmp_path, local_backend, airflow_db):

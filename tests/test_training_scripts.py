@@ -23,6 +23,8 @@ REENTRANT = SCRIPTS / "train_reentrant.py"
 EPOCHS = 6
 STEPS_PER_EPOCH = 100  # 3200 training samples / batch size 32
 PACE = ["--min-epoch-seconds", "0.4"]  # slow runs down so the test can interrupt them mid-epoch
+SLOW_PACE = ["--min-epoch-seconds", "2.0"]  # room to interrupt mid-epoch on a loaded machine
+HALF_EPOCH_CHECKPOINTS = ["--checkpoint-every-steps", str(STEPS_PER_EPOCH // 2)]  # progress points to wait for
 
 Reference = tuple[Path, subprocess.CompletedProcess[str]]  # model path and the run that wrote it
 
@@ -59,7 +61,7 @@ def _start(script: Path, args: list[str], ckpt: Path, **extra: str | Path) -> su
 
 
 def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120
     while not condition():
         assert proc.poll() is None, f"script exited early: {proc.communicate()}"
         assert time.monotonic() < deadline, "timed out"
@@ -119,9 +121,9 @@ def test_uninterrupted_run(reference: Reference, data: Path) -> None:
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(
         common: list[str], reference: Reference, tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
-    proc = _start(TRAIN, common + PACE, ckpt)
-    _wait_for((ckpt / "ckpt-00000100.npz").exists, proc)  # epoch 1 done; epoch 2 takes 0.4 s
-    time.sleep(0.15)
+    proc = _start(TRAIN, common + SLOW_PACE + HALF_EPOCH_CHECKPOINTS, ckpt)
+    # Mid-epoch 2 (its half-way checkpoint exists); the rest of the epoch takes another second.
+    _wait_for((ckpt / "ckpt-00000150.npz").exists, proc)
     proc.send_signal(signal.SIGTERM)
     step = _interrupted(proc)
     assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH  # mid-epoch: the exact state was saved
@@ -137,9 +139,8 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(
 def test_reentrant_notice_file_then_from_checkpoint_is_bit_identical(
         common: list[str], reference: Reference, tmp_path: Path) -> None:
     ckpt, notice = tmp_path / "ckpt", tmp_path / "notice"
-    proc = _start(REENTRANT, common + PACE, ckpt, SPOT_NOTICE_FILE=notice)
-    _wait_for((ckpt / "ckpt-00000200.npz").exists, proc)
-    time.sleep(0.1)
+    proc = _start(REENTRANT, common + PACE + HALF_EPOCH_CHECKPOINTS, ckpt, SPOT_NOTICE_FILE=notice)
+    _wait_for((ckpt / "ckpt-00000250.npz").exists, proc)  # past epoch 2, whatever the pace
     notice.touch()
     step = _interrupted(proc)
     assert step > 2 * STEPS_PER_EPOCH

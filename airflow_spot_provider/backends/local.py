@@ -17,19 +17,22 @@ state directory::
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from airflow_spot_provider.agent.config import AgentConfig
 from airflow_spot_provider.backends.base import (
     BackupSaveResult,
     InstanceFacts,
     InstanceState,
+    LaunchError,
     LaunchRequest,
     SpotBackend,
 )
@@ -46,12 +49,12 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
 }
 DEFAULT_TYPE = "local.standard"
 #: Options the host process reads to simulate the spot market for an attempt.
-MARKET_OPTIONS = ("preempt_after", "preemption_rate_per_hour", "seed", "notice_seconds")
+MARKET_OPTIONS = ("preempt_after", "preemption_rate_per_hour", "seed", "notice_seconds", "boot_seconds")
 OPTIONS = ("state_dir", *MARKET_OPTIONS, "prices")
 #: Variables a local job gets from the worker by default. Nothing else (no AIRFLOW_CONN_*, AWS_*,
 #: GOOGLE_*): a job sees a secret only when the DAG author lists it in ``pass_env``.
 BASE_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
-HOST_START_TIMEOUT = 15.0
+LAUNCH_LOCK = ".launch.lock"
 
 
 def default_state_dir() -> str:
@@ -70,14 +73,20 @@ def validate_options(options: dict[str, Any]) -> dict[str, Any]:
         for i, value in enumerate(after):
             field = f"backend_options.preempt_after[{i}]"
             if isinstance(value, dict):
-                check_keys(field, value, ("after", "notice_seconds"))
-                number(f"{field}.after", value.get("after"))
+                check_keys(field, value, ("after", "at_step", "notice_seconds"))
+                if ("after" in value) == ("at_step" in value):
+                    raise ValueError(f"{field}: needs exactly one of 'after' (seconds) and 'at_step' (a step)")
+                if "after" in value:
+                    number(f"{field}.after", value["after"])
+                else:
+                    number(f"{field}.at_step", value["at_step"], integer=True)
                 number(f"{field}.notice_seconds", value.get("notice_seconds", 0))
             else:
                 number(field, value, allow_none=True)
     number("backend_options.preemption_rate_per_hour", options.get("preemption_rate_per_hour", 0))
     number("backend_options.seed", options.get("seed", 0), integer=True)
     number("backend_options.notice_seconds", options.get("notice_seconds", 5.0))
+    number("backend_options.boot_seconds", options.get("boot_seconds", 0))
     prices = options.get("prices") or {}
     if not isinstance(prices, dict):
         raise ValueError("backend_options.prices: must be a dict {type: {'spot': $/h, 'on_demand': $/h}}")
@@ -138,11 +147,12 @@ class LocalBackend(SpotBackend):
     def launch(self, request: LaunchRequest) -> InstanceFacts:
         instance_id = self.instance_id(request.token)
         path = self._dir(instance_id)
-        self.instances.mkdir(parents=True, exist_ok=True)
-        try:
-            path.mkdir()  # the idempotency record: one directory per token
-        except FileExistsError:
+        if path.exists():
             return self._wait_started(instance_id)
+        # Everything is written to a staging directory first; the host claims it by renaming it to the
+        # instance directory (the idempotency record). So a launcher killed at any point leaves either no
+        # instance, or one whose host runs, like a cloud's accepted request; never a half-made one.
+        staging, lock = self._staging(instance_id)
         instance_type = request.instance_type or DEFAULT_TYPE
         price = self.prices.get(instance_type, self.prices[DEFAULT_TYPE])
         env = self.job_env(request.env)
@@ -153,8 +163,8 @@ class LocalBackend(SpotBackend):
             sync_interval=request.sync_interval,
             notice={"source": "file", "path": str(path / "metadata" / "spot-notice.json")},
         )
-        (path / "agent.json").write_text(agent.to_json())
-        write_json(path / "instance.json", {
+        (staging / "agent.json").write_text(agent.to_json())
+        write_json(staging / "instance.json", {
             "instance_id": instance_id, "token": request.token, "attempt": request.attempt,
             "tags": request.identity.tags(request.attempt), "identity": request.identity.to_dict(),
             "instance_type": instance_type, "zone": request.zone or "local-1a", "market": request.market,
@@ -162,20 +172,47 @@ class LocalBackend(SpotBackend):
             "on_demand_price_per_hour": price["on_demand"], "launched_at": time.time(), "env": env,
             "market_simulation": {k: self.options[k] for k in MARKET_OPTIONS if k in self.options},
         })
-        write_json(path / "state.json", {"state": "pending"})
-        # --detach: the host forks and this child exits at once, so no zombie is left behind.
-        subprocess.run(
-            [sys.executable, "-m", "airflow_spot_provider.backends.local_market", "--detach", str(path)],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, check=True,
-        )
+        # The launcher's child forks the host and exits once the host has claimed the staging directory
+        # (or found the instance claimed by a concurrent launch), so no zombie is left and no wait is guessed.
+        # The staging lock goes with it: while any process of this launch lives, no other launch removes it.
+        with lock:
+            answer = subprocess.run(
+                [sys.executable, "-m", "airflow_spot_provider.backends.local_market", "--launch", str(staging),
+                 str(path)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, check=False, pass_fds=(lock.fileno(),),
+            )
+        if not path.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise LaunchError("Local.HostError", f"the host process of {instance_id} did not start "
+                              f"(exit code {answer.returncode})", move_on=False)
         return self._wait_started(instance_id)
 
+    def _staging(self, instance_id: str) -> tuple[Path, IO[bytes]]:
+        """A fresh staging directory for one launch call, and its lock (held by the launcher, then by the
+        host it starts). Staging directories of this instance that nobody holds are from launches that died
+        before their host claimed them: they are removed."""
+        launching = self.instances / ".launching"
+        launching.mkdir(parents=True, exist_ok=True)
+        for old in launching.glob(f"{instance_id}.*"):
+            try:
+                with open(old / LAUNCH_LOCK, "rb") as held:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its launch is alive
+            except FileNotFoundError:
+                pass  # claimed meanwhile (or never locked): removing a vanished path is a no-op
+            shutil.rmtree(old, ignore_errors=True)
+        staging = launching / f"{instance_id}.{secrets.token_hex(6)}"
+        staging.mkdir()
+        lock = open(staging / LAUNCH_LOCK, "wb")  # noqa: SIM115 - handed to the host process
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return staging, lock
+
     def _wait_started(self, instance_id: str) -> InstanceFacts:
-        deadline = time.monotonic() + HOST_START_TIMEOUT
+        """The launch returns once the VM runs (after its ``boot_seconds``), or once its host is gone."""
         while True:
             facts = self._facts(instance_id)
-            if facts.state is not InstanceState.PENDING or time.monotonic() > deadline:
+            if facts.state is not InstanceState.PENDING:
                 return facts
             time.sleep(0.05)
 
@@ -193,8 +230,6 @@ class LocalBackend(SpotBackend):
         reason = state.get("reason", "")
         if raw in ("pending", "running") and state.get("host_pid") and not _alive(state["host_pid"]):
             raw, reason = "missing", "Local.HostLost"
-        elif raw == "pending" and time.time() - spec["launched_at"] > HOST_START_TIMEOUT:
-            raw, reason = "missing", "Local.HostNeverStarted"
         return InstanceFacts(
             instance_id=instance_id, state=InstanceState(raw), reason=reason,
             preempted=bool(state.get("preempted")), zone=spec["zone"], instance_type=spec["instance_type"],

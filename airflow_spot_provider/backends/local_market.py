@@ -3,7 +3,8 @@
 It starts the agent in its own process group (the VM), records the VM's state the way a cloud
 would (with a reason), and runs the simulated spot market: at the scheduled or requested moment it
 publishes an interruption notice (the local "metadata server" file), waits the grace period, then
-kills the whole process group. Run as ``python -m airflow_spot_provider.backends.local_market DIR``.
+kills the whole process group. Started as ``python -m airflow_spot_provider.backends.local_market
+--launch STAGING DIR`` (see :func:`launch`).
 No Airflow import: it must start fast and survive the worker that launched it.
 """
 
@@ -12,12 +13,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from airflow_spot_provider.checkpoints.latest import checkpoint_step, compile_pattern
 
 TICK = 0.1
 REASON_PREEMPTED = "Local.SpotInterruption"
@@ -38,22 +43,36 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def scheduled_preemption(market: dict[str, Any], attempt: int) -> tuple[float, float] | None:
-    """(seconds after start, notice grace) at which the market reclaims this attempt, or None.
+@dataclass(frozen=True)
+class Preemption:
+    """When the market reclaims an attempt: ``after`` seconds from its start, or once its disk holds a
+    checkpoint of step ``at_step`` or more (reproducible whatever the machine's load); ``grace`` between
+    the notice and the kill."""
 
-    ``preempt_after`` items are seconds, or ``{"after": s, "notice_seconds": g}`` to vary the grace
-    per attempt (0: the notice comes too late to act on, as field reports describe).
+    grace: float
+    after: float | None = None
+    at_step: int | None = None
+
+
+def scheduled_preemption(market: dict[str, Any], attempt: int) -> Preemption | None:
+    """The market's plan for this attempt, or None.
+
+    ``preempt_after`` items are seconds, or ``{"after": s | "at_step": n, "notice_seconds": g}`` to vary
+    the grace per attempt (0: the notice comes too late to act on, as field reports describe).
     """
     grace = float(market.get("notice_seconds", 5.0))
     after = market.get("preempt_after") or []
     if attempt - 1 < len(after) and after[attempt - 1] is not None:
         item = after[attempt - 1]
-        if isinstance(item, dict):
-            return float(item["after"]), float(item.get("notice_seconds", grace))
-        return float(item), grace
+        if not isinstance(item, dict):
+            return Preemption(grace, after=float(item))
+        grace = float(item.get("notice_seconds", grace))
+        if "at_step" in item:
+            return Preemption(grace, at_step=int(item["at_step"]))
+        return Preemption(grace, after=float(item["after"]))
     rate = float(market.get("preemption_rate_per_hour") or 0)
     if rate > 0:
-        return random.Random(f"{market.get('seed', 0)}:{attempt}").expovariate(rate / 3600.0), grace
+        return Preemption(grace, after=random.Random(f"{market.get('seed', 0)}:{attempt}").expovariate(rate / 3600.0))
     return None
 
 
@@ -64,6 +83,7 @@ class Host:
         self.state_path = instance_dir / "state.json"
         self.control = instance_dir / "control"
         self.notice_path = instance_dir / "metadata" / "spot-notice.json"
+        self.agent = json.loads((instance_dir / "agent.json").read_text())
         self.state: dict[str, Any] = read_json(self.state_path) or {}
 
     def _save(self, **changes: Any) -> None:
@@ -82,11 +102,36 @@ class Host:
         self._save(state="terminated", reason=reason, preempted=preempted, ended_at=time.time(),
                    agent_exit_code=agent.returncode)
 
+    def _boot(self, seconds: float) -> bool:
+        """The VM boots (``boot_seconds``, state ``pending``); False when it is terminated meanwhile."""
+        booted_at = time.time() + seconds
+        while time.time() < booted_at:
+            if (self.control / "terminate").exists() or (self.control / "preempt").exists():
+                preempted = not (self.control / "terminate").exists()
+                self._save(state="terminated", reason=REASON_PREEMPTED if preempted else REASON_TERMINATED,
+                           preempted=preempted, ended_at=time.time())
+                return False
+            time.sleep(TICK)
+        return True
+
+    def _reached(self, plan: Preemption, started: float, now: float) -> bool:
+        if plan.after is not None:
+            return now >= started + plan.after
+        pattern = compile_pattern(self.agent["checkpoint_pattern"])
+        try:
+            names = os.listdir(self.dir / "disk" / "checkpoints")
+        except FileNotFoundError:
+            return False
+        return any((step := checkpoint_step(name, pattern)) is not None and step >= plan.at_step for name in names)
+
     def run(self) -> None:
         disk = self.dir / "disk"
         disk.mkdir(exist_ok=True)
         self.notice_path.parent.mkdir(exist_ok=True)
         self.control.mkdir(exist_ok=True)
+        market = self.spec.get("market_simulation") or {}
+        if not self._boot(float(market.get("boot_seconds", 0))):
+            return
         with open(self.dir / "console.log", "ab", buffering=0) as console:
             agent = subprocess.Popen(
                 [sys.executable, "-m", "airflow_spot_provider.agent", str(self.dir / "agent.json")],
@@ -95,9 +140,7 @@ class Host:
             )
         started = time.time()
         self._save(state="running", host_pid=os.getpid(), agent_pgid=agent.pid, started_at=started)
-        market = self.spec.get("market_simulation") or {}
-        schedule = scheduled_preemption(market, self.spec["attempt"]) if self.spec["market"] == "spot" else None
-        preempt_at = started + schedule[0] if schedule else None
+        plan = scheduled_preemption(market, self.spec["attempt"]) if self.spec["market"] == "spot" else None
         deadline: float | None = None
         while True:
             now = time.time()
@@ -112,8 +155,8 @@ class Host:
                 self._end(agent, REASON_TERMINATED, preempted=False)
                 return
             request = read_json(self.control / "preempt")
-            if request is None and preempt_at is not None and now >= preempt_at and deadline is None:
-                request = {"notice": True, "grace": schedule[1]}
+            if request is None and plan is not None and deadline is None and self._reached(plan, started, now):
+                request = {"notice": True, "grace": plan.grace}
             if request is not None and deadline is None:
                 (self.control / "preempt").unlink(missing_ok=True)
                 if not request.get("notice", True):
@@ -129,10 +172,41 @@ class Host:
             time.sleep(TICK)
 
 
-def main(argv: list[str]) -> None:
-    instance_dir = Path(argv[-1])
-    if "--detach" in argv and os.fork() > 0:
-        os._exit(0)  # the launcher reaps this parent at once; the host is adopted by init
+def claim(staging: Path, instance_dir: Path) -> bool:
+    """Accept the launch request: move the staged instance into place (atomic). False when a concurrent
+    launch of the same token was accepted first."""
+    write_json(staging / "state.json", {"state": "pending", "host_pid": os.getpid()})
+    try:
+        os.rename(staging, instance_dir)
+    except OSError:
+        if not instance_dir.is_dir():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+    return True
+
+
+def launch(staging: Path, instance_dir: Path) -> None:
+    """``--launch STAGING DIR``: fork the host; this process exits once the host has claimed the instance
+    (0), found it claimed already (0), or died before either (1). The host is adopted by init."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as answer:
+            os._exit(0 if answer.read() in (b"accepted", b"duplicate") else 1)
+    os.close(read_end)
+    try:
+        accepted = claim(staging, instance_dir)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    os.write(write_end, b"accepted" if accepted else b"duplicate")
+    os.close(write_end)
+    if accepted:
+        run_host(instance_dir)
+
+
+def run_host(instance_dir: Path) -> None:
     try:
         Host(instance_dir).run()
     except Exception as err:  # record why the "VM" died instead of vanishing silently
@@ -140,6 +214,13 @@ def main(argv: list[str]) -> None:
         state.update(state="terminated", reason=f"Local.HostError: {err}", preempted=False, ended_at=time.time())
         write_json(instance_dir / "state.json", state)
         raise
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "--launch":
+        launch(Path(argv[1]), Path(argv[2]))
+    else:
+        run_host(Path(argv[-1]))
 
 
 if __name__ == "__main__":

@@ -40,10 +40,13 @@ class AwsClusterJob:
     dag_id: str
     epochs: int  # one epoch takes ~epoch_seconds: the job's length
     epoch_seconds: float = 1.0
+    #: The VMs' Python is ROOT/held-python (written by the test): it holds a backup-save until the test lets it go.
+    held_backup_save: bool = False
 
 
 JOBS = (
     AwsClusterJob("spot_cluster_aws_triggerer_restart", epochs=25),
+    AwsClusterJob("spot_cluster_aws_ledger_cleared", epochs=12, held_backup_save=True),
     AwsClusterJob("spot_cluster_aws_mark_failed", epochs=300),
     AwsClusterJob("spot_cluster_aws_sweep", epochs=300),
 )
@@ -63,7 +66,8 @@ def build(job: AwsClusterJob) -> DAG:
             checkpoint_pattern=CKPT_PATTERN,
             machine={"instance_types": ["m5.large"], "zones": [f"{REGION}a"], "image": AMI},
             # The "image" is this Python environment: the agent is installed already.
-            backend_options={"region_name": REGION, "python": sys.executable, "agent_install": [],
+            backend_options={"region_name": REGION, "agent_install": [],
+                             "python": str(ROOT / "held-python") if job.held_backup_save else sys.executable,
                              "wait_timeout": 60},
             poll_interval=1.0,
             sync_interval=1.0,

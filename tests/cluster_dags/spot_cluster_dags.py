@@ -23,6 +23,7 @@ from airflow.sdk import DAG
 from airflow_spot_provider.operators.spot_training import SpotTrainingOperator
 
 TRAIN = Path(__file__).resolve().parents[2] / "dags_examples" / "training" / "train.py"
+GATED = Path(__file__).resolve().parent / "gated_job.py"
 ROOT = Path(os.environ.get("SPOT_CLUSTER_ROOT")
             or Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser() / "spot-cluster")
 DATA = ROOT / "data.npz"
@@ -36,12 +37,15 @@ class ClusterJob:
     epoch_seconds: float = 1.0
     retries: int = 0
     operator: dict[str, Any] = field(default_factory=dict)
+    #: Run :mod:`gated_job` instead of the training: it ends when the test creates ROOT/gates/<run_id>.
+    gated: bool = False
 
 
 JOBS = (
     ClusterJob("spot_cluster_triggerer_restart", epochs=20),
-    ClusterJob("spot_cluster_triggerer_ha", epochs=50),
-    ClusterJob("spot_cluster_worker_crash", epochs=15, retries=1),
+    ClusterJob("spot_cluster_triggerer_ha", epochs=0, gated=True),
+    # The VM boots for 10 s (state pending) while the launch call waits for it: the window the test kills in.
+    ClusterJob("spot_cluster_worker_crash", epochs=15, retries=1, operator={"backend_options": {"boot_seconds": 10}}),
     ClusterJob("spot_cluster_mark_failed", epochs=300),
     ClusterJob("spot_cluster_deferral_timeout", epochs=300, operator={"job_timeout": 8}),
     ClusterJob("spot_cluster_sweep", epochs=300),
@@ -54,9 +58,10 @@ def build(job: ClusterJob) -> DAG:
         SpotTrainingOperator(
             task_id="train",
             backend="local",
-            command=[sys.executable, str(TRAIN), "--data", str(DATA),
-                     "--epochs", f"{{{{ dag_run.conf.get('epochs', {job.epochs}) }}}}",
-                     "--min-epoch-seconds", str(job.epoch_seconds), "--seed", "5"],
+            command=[sys.executable, str(GATED), f"{ROOT}/gates/{{{{ run_id | replace(':', '_') }}}}"] if job.gated
+            else [sys.executable, str(TRAIN), "--data", str(DATA),
+                  "--epochs", f"{{{{ dag_run.conf.get('epochs', {job.epochs}) }}}}",
+                  "--min-epoch-seconds", str(job.epoch_seconds), "--seed", "5"],
             checkpoint_uri=f"file://{ROOT}/checkpoints/{job.dag_id}/{{{{ run_id | replace(':', '_') }}}}/",
             checkpoint_pattern=CKPT_PATTERN,
             poll_interval=1.0,
