@@ -497,10 +497,14 @@ class AirflowCluster:
     def ready_holder(self, dag_id: str, run_id: str) -> tuple[int, int]:
         """:meth:`running_holder`, once its triggerer can answer ``on_kill``'s task-state question at once (the
         trigger warms that up when it starts; before, the first answer can take longer than on_kill's budget)."""
-        holder = self.running_holder(dag_id, run_id)
-        wait_for(lambda: "task state API ready" in self.trigger_log(dag_id, run_id, holder[1]), 180,
-                 what="the triggerer's task state API to be ready")
-        return holder
+        def ready() -> tuple[int, int] | None:
+            # The warm-up can stall a triggerer's heartbeat long enough for the trigger to move: ask again
+            # who holds it each time, until the holder is warm.
+            holder = self.trigger_holder(dag_id, run_id)
+            warm = holder and holder[1] and "task state API ready" in self.trigger_log(dag_id, run_id, holder[1])
+            return holder if warm else None
+
+        return wait_for(ready, 180, what="the trigger's holder to have its task state API ready")
 
     def wait_taken_over(self, dag_id: str, run_id: str, new: Component) -> None:
         """Until the ``new`` triggerer holds the task's trigger (or the task is no longer deferred)."""
