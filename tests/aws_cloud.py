@@ -129,7 +129,7 @@ def utc_iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = "") -> Any:
     """:func:`waiting.wait_for` with this module's shorter default timeout."""
     return waiting.wait_for(predicate, timeout, interval, what or str(predicate))
 
@@ -613,7 +613,7 @@ class FakeAws:
             vm = self._vms.get(instance_id)
             return set(vm.tracked) if vm is not None else set()
 
-    def wait_gone(self, instance_id: str, timeout: float = 10.0) -> str:
+    def wait_gone(self, instance_id: str, timeout: float = 60.0) -> str:
         """Wait until the instance is terminated or stopped and its processes are dead; returns the state."""
 
         def gone() -> str | None:

@@ -603,7 +603,7 @@ class FakeGcp:
             return json.loads(json.dumps(vm.resource)) if vm else None
 
     def wait_status(self, project: str, zone: str, name: str, status: str | None,
-                    timeout: float = 10.0) -> dict[str, Any] | None:
+                    timeout: float = 60.0) -> dict[str, Any] | None:
         """Wait until the instance has `status` (None: until it is gone); returns the instance."""
         deadline = time.monotonic() + timeout
         with self._changed:

@@ -193,7 +193,7 @@ def test_mark_failed_while_deferred_terminates_instance_and_deletes_volume(clust
         assert cluster.ti_state(dag_id, run_id) == "failed"
         assert [i["InstanceId"] for i in instances(aws, dag_id, run_id)] == [instance_id]
         # The trigger's on_kill did it (not the sweep or a worker): its log says so.
-        wait_for(lambda: "on_kill: terminating" in cluster.trigger_log(dag_id, run_id, holder[1]), 15,
+        wait_for(lambda: "on_kill: terminating" in cluster.trigger_log(dag_id, run_id, holder[1]), 60,
                  what="the trigger's on_kill to log the termination")
     finally:
         cleanup_run(aws, dag_id, run_id)

@@ -216,7 +216,7 @@ def test_mark_failed_while_deferred_deletes_vm_and_data_disk(cluster, gcp, capsy
         assert gcp.instance(PROJECT, vm["zone"], vm["name"]) is None
         assert cluster.ti_state(dag_id, run_id) == "failed"
         # The trigger's on_kill did it (not the sweep or a worker): its log says so.
-        wait_for(lambda: "on_kill: terminating" in cluster.trigger_log(dag_id, run_id, holder[1]), 15,
+        wait_for(lambda: "on_kill: terminating" in cluster.trigger_log(dag_id, run_id, holder[1]), 60,
                  what="the trigger's on_kill to log the termination")
     finally:
         cleanup_run(gcp, dag_id, run_id)

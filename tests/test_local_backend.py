@@ -75,7 +75,7 @@ def test_preempt_with_notice_then_kill_and_without_notice(tmp_path, local_backen
     assert cli(["--state-dir", str(local_backend.state_dir), "preempt", job, "--no-notice"]) == 0
     facts = wait_for(lambda: (f := local_backend._facts(silent.instance_id)).state is InstanceState.TERMINATED and f)
     assert facts.preempted and "notice" not in store.read_markers(2)
-    wait_for(lambda: not processes_with(str(local_backend.instances / silent.instance_id)), 5)  # SIGKILL lands async
+    wait_for(lambda: not processes_with(str(local_backend.instances / silent.instance_id)), 60)  # SIGKILL lands async
 
 
 def test_scheduled_market_preempts_by_itself(tmp_path, state_dir):
