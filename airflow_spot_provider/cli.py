@@ -12,23 +12,20 @@ import sys
 import time
 from typing import Any
 
+from airflow_spot_provider.backends.base import CloudResource
 from airflow_spot_provider.backends.local import LocalBackend, default_state_dir
 
 
-def _live(item: dict[str, Any]) -> bool:
-    return item["state"] in ("pending", "running")
-
-
-def _job(item: dict[str, Any]) -> str:
-    tags = item["tags"]
+def _job(item: CloudResource) -> str:
+    tags = item.tags
     return f"{tags['spot-dag-id']}/{tags['spot-run-id']}/{tags['spot-task-id']}"
 
 
-def _select(backend: LocalBackend, target: str | None, everything: bool) -> list[dict[str, Any]]:
-    live = [item for item in backend.list_instances() if _live(item)]
+def _select(backend: LocalBackend, target: str | None, everything: bool) -> list[CloudResource]:
+    live = [item for item in backend.list_instances() if item.running]
     if everything:
         return live
-    return [item for item in live if target in (item["instance_id"], _job(item))]
+    return [item for item in live if target in (item.instance_id, _job(item))]
 
 
 def cmd_preempt(backend: LocalBackend, args: argparse.Namespace) -> int:
@@ -40,9 +37,9 @@ def cmd_preempt(backend: LocalBackend, args: argparse.Namespace) -> int:
         print(f"preempt: no running attempt matches {args.target or '--all'}", file=sys.stderr)
         return 1
     for item in chosen:
-        backend.preempt(item["instance_id"], notice=not args.no_notice, grace=args.grace)
+        backend.preempt(item.instance_id, notice=not args.no_notice, grace=args.grace)
         how = "without notice" if args.no_notice else "with an interruption notice"
-        print(f"preempting {item['instance_id']} (attempt {item['attempt']} of {_job(item)}) {how}")
+        print(f"preempting {item.instance_id} (attempt {item.attempt} of {_job(item)}) {how}")
     return 0
 
 
@@ -55,21 +52,22 @@ def _progress(backend: LocalBackend, instance_id: str) -> str:
 
 
 def cmd_status(backend: LocalBackend, args: argparse.Namespace) -> int:
-    items = sorted(backend.list_instances(), key=lambda item: item.get("launched_at") or 0)
+    items = sorted(backend.list_instances(), key=lambda item: item.facts.launched_at or 0)
     if not args.all:
-        items = [item for item in items if _live(item)]
+        items = [item for item in items if item.running]
     if args.json:
-        print(json.dumps(items, indent=1, sort_keys=True))
+        print(json.dumps([item.to_dict() for item in items], indent=1, sort_keys=True))
         return 0
     if not items:
         print(f"no {'' if args.all else 'running '}attempts in {backend.state_dir}")
         return 0
     now = time.time()
     for item in items:
-        age = (item["ended_at"] or now) - (item["launched_at"] or now)
-        print(f"{item['instance_id']}  {item['state']:<10} attempt {item['attempt']:<3} {_job(item)}  "
-              f"{item['instance_type']} {item['market']} {age:6.1f}s  {item['reason'] or ''}  "
-              f"{_progress(backend, item['instance_id'])}".rstrip())
+        facts = item.facts
+        age = (facts.ended_at or now) - (facts.launched_at or now)
+        print(f"{facts.instance_id}  {facts.state.value:<10} attempt {item.attempt:<3} {_job(item)}  "
+              f"{facts.instance_type} {facts.market} {age:6.1f}s  {facts.reason or ''}  "
+              f"{_progress(backend, facts.instance_id)}".rstrip())
     return 0
 
 

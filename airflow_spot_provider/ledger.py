@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from airflow_spot_provider.attempt import AttemptRecord, AttemptStatus
+
 if TYPE_CHECKING:
     from airflow_spot_provider.checkpoints.store import CheckpointStore
 
@@ -32,7 +34,6 @@ log = logging.getLogger(__name__)
 
 JOB_KEY = "spot.job"
 ATTEMPT_KEY = "spot.attempt.{:04d}"
-ACTIVE = ("launching", "running")
 
 
 class StateStore(Protocol):
@@ -67,78 +68,6 @@ def _never_expire() -> timedelta | None:
         return NEVER_EXPIRE
     except ImportError:  # pragma: no cover - only outside Airflow (unit tests of plain dict stores)
         return None
-
-
-@dataclass
-class AttemptRecord:
-    attempt: int
-    try_number: int
-    backend: str
-    token: str
-    status: str = "launching"  # launching | running | succeeded | failed | preempted | lost | cancelled
-    reason: str = ""
-    exit_code: int | None = None
-    instance_id: str | None = None
-    zone: str | None = None
-    instance_type: str | None = None
-    market: str = "spot"
-    launched_at: float | None = None
-    started_at: float | None = None
-    notice_at: float | None = None
-    ended_at: float | None = None
-    restored_from: str | None = None
-    last_checkpoint: str | None = None
-    #: When the newest file this attempt published was last modified (work after it is lost on preemption).
-    last_checkpoint_at: float | None = None
-    price_per_hour: float | None = None
-    on_demand_price_per_hour: float | None = None
-    progress: dict[str, Any] | None = None
-    backup_save: dict[str, Any] | None = None
-    #: The agent synced after the job exited (final-sync marker): nothing on the disk is newer.
-    final_synced: bool = False
-    #: The agent's last storage error when its final sync failed (backup-save then saves the disk).
-    sync_error: str | None = None
-    #: Backup-saves that failed (the disk was kept each time and the next try saved it again).
-    backup_save_errors: list[str] = field(default_factory=list)
-    #: Backup-save helper VM while it runs (a restarted worker waits for it again).
-    backup_helper: str | None = None
-    #: The attempt's disk/volume is deleted: nothing of it is left in the cloud.
-    released: bool = False
-    #: Index into the machine's placements (type × zone) of the current/next launch call.
-    placement: int = 0
-    #: Launch calls the cloud refused (capacity, throttling), oldest first.
-    launch_errors: list[dict[str, Any]] = field(default_factory=list)
-    #: Timer deferrals while waiting for capacity (the backoff grows with it).
-    capacity_waits: int = 0
-    #: Bumped on every save: the copy with the higher revision (state store or mirror) is the newer one.
-    revision: int = 0
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AttemptRecord:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
-
-    @property
-    def seconds(self) -> float:
-        if self.launched_at is None:
-            return 0.0
-        return max(0.0, (self.ended_at or time.time()) - self.launched_at)
-
-    @property
-    def cost(self) -> float:
-        return (self.price_per_hour or 0.0) * self.seconds / 3600
-
-    @property
-    def lost_seconds(self) -> float:
-        """Work this attempt did that no checkpoint kept (all of it when it saved nothing)."""
-        if self.status not in ("preempted", "lost", "failed") or self.launched_at is None:
-            return 0.0
-        kept_until = self.last_checkpoint_at or self.launched_at
-        return max(0.0, min(self.seconds, (self.ended_at or time.time()) - max(kept_until, self.launched_at)))
 
 
 @dataclass
@@ -225,7 +154,8 @@ class Ledger:
         return self.attempt(self.job.attempts) if self.job.attempts else None
 
     def new_attempt(self, try_number: int, backend: str, token_for: Any, after: int = 0) -> AttemptRecord:
-        """Record the next attempt *before* it is launched (crash safety: decision 2). Its number follows
+        """Record the next attempt *before* it is launched (``docs/design.md``, "State lives in the ledger"). Its
+        number follows
         this job's last one and ``after`` (the last number its checkpoint prefix has seen)."""
         number = max(self.job.attempts, after) + 1
         record = AttemptRecord(attempt=number, try_number=try_number, backend=backend, token=token_for(number))
@@ -238,7 +168,7 @@ class Ledger:
     def save(self, record: AttemptRecord) -> None:
         self._attempts[record.attempt] = record
         record.revision += 1
-        self._write(ATTEMPT_KEY.format(record.attempt), asdict(record))
+        self._write(ATTEMPT_KEY.format(record.attempt), record.to_dict())
 
     def returning(self, record: AttemptRecord) -> None:
         """This succeeded attempt's result is being returned to Airflow."""
@@ -249,13 +179,13 @@ class Ledger:
     def unreturned_success(self) -> AttemptRecord | None:
         """The current attempt, when it succeeded and was released but its result never reached Airflow."""
         current = self.current
-        if current is not None and current.status == "succeeded" and current.released \
+        if current is not None and current.status is AttemptStatus.SUCCEEDED and current.released \
                 and self.job.returned_attempt != current.attempt:
             return current
         return None
 
     def preemptions_in_try(self, try_number: int) -> int:
-        return sum(1 for a in self.attempts() if a.try_number == try_number and a.status in ("preempted", "lost"))
+        return sum(1 for a in self.attempts() if a.try_number == try_number and a.status.interrupted)
 
     def totals(self) -> dict[str, Any]:
         attempts = self.attempts()
@@ -267,9 +197,9 @@ class Ledger:
                         for a in attempts)
         return {
             "attempts": len(attempts),
-            "preemptions": sum(1 for a in attempts if a.status == "preempted"),
-            "lost": sum(1 for a in attempts if a.status == "lost"),
-            "user_failures": sum(1 for a in attempts if a.status == "failed"),
+            "preemptions": sum(1 for a in attempts if a.status is AttemptStatus.PREEMPTED),
+            "lost": sum(1 for a in attempts if a.status is AttemptStatus.LOST),
+            "user_failures": sum(1 for a in attempts if a.status is AttemptStatus.FAILED),
             "instance_seconds": round(seconds, 3),
             "lost_work_seconds": round(lost, 3),
             "cost": round(cost, 6),
@@ -278,13 +208,13 @@ class Ledger:
         }
 
     def summary(self) -> dict[str, Any]:
-        return {"totals": self.totals(), "attempts": [asdict(a) for a in self.attempts()]}
+        return {"totals": self.totals(), "attempts": [a.to_dict() for a in self.attempts()]}
 
 
 def format_attempt(a: AttemptRecord) -> str:
     """One log line per attempt transition."""
     where = f"{a.instance_id or '-'} ({a.instance_type or '?'}, {a.zone or '?'}, {a.market})"
-    parts = [f"attempt {a.attempt} [try {a.try_number}] {a.status.upper()}", where]
+    parts = [f"attempt {a.attempt} [try {a.try_number}] {a.status.value.upper()}", where]
     if a.reason:
         parts.append(f"reason: {a.reason}")
     if a.restored_from:

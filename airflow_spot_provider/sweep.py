@@ -12,9 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
-from airflow_spot_provider.backends.base import SpotBackend
+from airflow_spot_provider.backends.base import CloudResource, JobIdentity, SpotBackend
 
 #: Task-instance states in which the operator may still act on its resources.
 LIVE_STATES = frozenset({
@@ -28,65 +27,38 @@ HEARTBEAT_JOB_TYPES = ("SchedulerJob", "TriggererJob")
 ASSUME_DOWN_REFUSE_HEARTBEATS = 2
 
 
-@dataclass(frozen=True)
-class JobKey:
-    dag_id: str
-    run_id: str
-    task_id: str
-    map_index: int
-
-    @classmethod
-    def from_tags(cls, tags: dict[str, str]) -> JobKey | None:
-        try:
-            map_index = int(tags.get("spot-map-index", -1))
-            return cls(tags["spot-dag-id"], tags["spot-run-id"], tags["spot-task-id"], map_index)
-        except (KeyError, ValueError):
-            return None
-
-    def label(self) -> str:
-        return f"{self.dag_id}/{self.run_id}/{self.task_id}" + (f"[{self.map_index}]" if self.map_index >= 0 else "")
-
-
 #: Answers "is this job live in Airflow?" with a reason when it is not.
-Liveness = Callable[[JobKey], tuple[bool, str]]
+Liveness = Callable[[JobIdentity], tuple[bool, str]]
 
 
 @dataclass
 class Leftover:
-    item: dict[str, Any]
+    resource: CloudResource
     job: str
     why: str
 
     def describe(self) -> str:
-        item = self.item
-        if item.get("instance_id") is None:
-            what = f"{item.get('role', 'volume')} {item.get('volume_id') or item.get('disk_id')}"
-        elif item["state"] in ("pending", "running"):
-            what = f"running {item.get('role', 'attempt')} {item['instance_id']}"
-        else:
-            what = f"disk of {item.get('role', 'attempt')} {item['instance_id']} ({item['state']})"
-        return f"{what} of {self.job} attempt {item.get('attempt')}: {self.why}"
+        return f"{self.resource.describe()} of {self.job} attempt {self.resource.attempt}: {self.why}"
 
 
 def find_leftovers(backend: SpotBackend, is_live: Liveness | None) -> list[Leftover]:
     """``is_live`` None: Airflow is not asked (``--no-airflow``): only finished attempts' disks are leftovers."""
     found = []
-    for item in backend.list_instances():
-        running = item.get("state") in ("pending", "running")
-        if not running and not item.get("disk"):
+    for resource in backend.list_instances():
+        if not resource.running and not resource.has_disk:
             continue  # nothing of it is left
-        key = JobKey.from_tags(item.get("tags") or {})
-        label = key.label() if key else "an unknown job"
+        job = resource.job
+        label = job.label() if job else "an unknown job"
         if is_live is None:
-            if not running:
-                found.append(Leftover(item, label, "finished, disk not released"))
+            if not resource.running:
+                found.append(Leftover(resource, label, "finished, disk not released"))
             continue
-        if key is None:
-            found.append(Leftover(item, label, "carries no job identity"))
+        if job is None:
+            found.append(Leftover(resource, label, "carries no job identity"))
             continue
-        live, why = is_live(key)
+        live, why = is_live(job)
         if not live:
-            found.append(Leftover(item, label, why))
+            found.append(Leftover(resource, label, why))
     return found
 
 
@@ -106,7 +78,7 @@ def airflow_db_liveness(heartbeat_seconds: float | None = None) -> Liveness:
         alive = session.scalar(select(func.count()).select_from(Job).where(
             Job.job_type.in_(HEARTBEAT_JOB_TYPES), Job.state == "running", Job.latest_heartbeat > since))
 
-    def is_live(key: JobKey) -> tuple[bool, str]:
+    def is_live(key: JobIdentity) -> tuple[bool, str]:
         if not alive:
             return False, f"Airflow is not running (no scheduler/triggerer heartbeat in {threshold:g}s)"
         with create_session() as session:
@@ -163,6 +135,6 @@ def sweep(backend: SpotBackend, is_live: Liveness | None, delete: bool, say: Cal
         say(f"{'deleting' if delete else 'would delete'} {leftover.describe()}")
         if delete:
             started = time.monotonic()
-            backend.sweep_delete(leftover.item)
+            backend.sweep_delete(leftover.resource)
             say(f"  done in {time.monotonic() - started:.1f}s")
     return len(leftovers)

@@ -35,6 +35,7 @@ import httpx
 import psutil
 import psycopg2
 
+from airflow_spot_provider.backends.base import CloudResource
 from airflow_spot_provider.backends.local import LocalBackend
 
 from . import waiting
@@ -351,8 +352,8 @@ class AirflowCluster:
                 self._http.close()
             backend = LocalBackend(state_dir=str(self.state_dir))
             for item in backend.list_instances():
-                backend.terminate(item["instance_id"])
-                backend.release(item["instance_id"])
+                backend.terminate(item.instance_id)
+                backend.release(item.instance_id)
             self.drop_database()
 
     # -- diagnostics ---------------------------------------------------------------------------
@@ -562,8 +563,8 @@ class AirflowCluster:
         return None
 
 
-def job_of(item: dict[str, Any]) -> tuple[str, str]:
-    return item["tags"]["spot-dag-id"], item["tags"]["spot-run-id"]
+def job_of(item: CloudResource) -> tuple[str, str]:
+    return item.tags["spot-dag-id"], item.tags["spot-run-id"]
 
 
 def attempt_processes(state_dir: Path) -> dict[str, list[int]]:
@@ -609,14 +610,14 @@ class AttemptMonitor:
     def sample(self) -> None:
         items = self.backend.list_instances()
         running = attempt_processes(self.state_dir)
-        live = collections.Counter(job_of(i) for i in items if i["state"] in LIVE_STATES)
-        with_procs = collections.Counter(job_of(i) for i in items if i["instance_id"] in running)
+        live = collections.Counter(job_of(i) for i in items if i.state in LIVE_STATES)
+        with_procs = collections.Counter(job_of(i) for i in items if i.instance_id in running)
         for job, count in live.items():
             self.max_live[job] = max(self.max_live[job], count)
         for job, count in with_procs.items():
             self.max_with_processes[job] = max(self.max_with_processes[job], count)
 
-    def instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    def instances(self, dag_id: str, run_id: str) -> list[CloudResource]:
         return [i for i in self.backend.list_instances() if job_of(i) == (dag_id, run_id)]
 
 

@@ -44,7 +44,7 @@ def local_backend(state_dir: Path):
     backend = LocalBackend(state_dir=str(state_dir))
     yield backend
     for item in backend.list_instances():  # nothing a test starts may outlive it
-        backend.terminate(item["instance_id"])
+        backend.terminate(item.instance_id)
 
 
 @pytest.fixture(scope="session")

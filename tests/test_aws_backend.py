@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from airflow_spot_provider.backends.base import InstanceState, JobIdentity, LaunchRequest, classify
+from airflow_spot_provider.attempt import InstanceState, Markers, classify
+from airflow_spot_provider.backends.base import BackupSaveRequest, JobIdentity, LaunchRequest
 from airflow_spot_provider.checkpoints.store import CheckpointStore
+from airflow_spot_provider.triggers.backup_save import SAVED
 
 from .aws_cloud import FakeAws
 from .chaos import Chaos
@@ -171,10 +173,10 @@ def test_no_notice_no_final_sync_helper_backup_save_recovers(aws, ami, tmp_path)
     assert store.read_manifest().files == {}  # nothing reached S3 from the VM itself
     dead = asyncio.run(be.describe([facts.instance_id]))[facts.instance_id]
     assert dead.state is InstanceState.TERMINATED and dead.preempted
-    assert classify(dead, store.read_markers(1)).status.value == "preempted"
+    assert classify(dead, Markers(store.read_markers(1))).status.value == "preempted"
 
     be.terminate(facts.instance_id)
-    started = be.backup_save(facts.instance_id, store, 1, r"(?P<step>\d+)")
+    started = be.backup_save(BackupSaveRequest(facts.instance_id, 1, req.checkpoint_uri, r"(?P<step>\d+)"))
     assert started.helper_id and started.helper_id != facts.instance_id
     marker = wait_for(lambda: store.read_markers(1).get("backup-save"), 60)
     result = be.finish_backup_save(facts.instance_id, started.helper_id, marker)
@@ -247,7 +249,7 @@ def test_lost_instance_is_lost_not_preempted(aws, ami):
     aws.wait_gone(facts.instance_id)
     dead = asyncio.run(be.describe([facts.instance_id, "i-0123456789abcdef0"]))
     assert dead[facts.instance_id].state is InstanceState.TERMINATED and not dead[facts.instance_id].preempted
-    assert classify(dead[facts.instance_id], {}).status.value == "lost"
+    assert classify(dead[facts.instance_id], Markers()).status.value == "lost"
     assert dead["i-0123456789abcdef0"].state is InstanceState.MISSING
     be.terminate(facts.instance_id)
     be.release(facts.instance_id)
@@ -259,7 +261,7 @@ def test_instance_that_powers_off_before_its_agent_starts_is_a_failed_boot(aws, 
     aws.wait_gone(facts.instance_id)
     dead = asyncio.run(be.describe([facts.instance_id]))[facts.instance_id]
     store = CheckpointStore.from_uri(f"s3://{BUCKET}/badboot/", endpoint_url=aws.endpoint, key="x", secret="x")
-    verdict = classify(dead, store.read_markers(1))
+    verdict = classify(dead, Markers(store.read_markers(1)))
     assert verdict.status.value == "failed" and "Client.InstanceInitiatedShutdown" in verdict.reason
     be.terminate(facts.instance_id)
     be.release(facts.instance_id)
@@ -363,39 +365,40 @@ def test_revoked_describe_fails_the_try_and_the_retries_pick_up_the_attempt_and_
     with pytest.raises(AirflowException, match="UnauthorizedOperation"):
         op.execute_complete(ctx(1), event)
     assert ledger.read_text() == before  # still running, same instance, nothing released
-    assert aws.instance_state(attempt.instance_id) == "running"
+    assert aws.instance_state(attempt.watch.instance_id) == "running"
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(ctx(2))  # reconnects to the same VM
-    assert deferred.value.trigger.instance_id == attempt.instance_id
+    assert deferred.value.trigger.watch.instance_id == attempt.watch.instance_id
 
-    aws.preempt(attempt.instance_id, notice_seconds=None)
-    aws.wait_gone(attempt.instance_id)
+    aws.preempt(attempt.watch.instance_id, notice_seconds=None)
+    aws.wait_gone(attempt.watch.instance_id)
     event = next_event(deferred.value.trigger)
     assert event["status"] == "preempted"
     with pytest.raises(TaskDeferred) as deferred:
         op.execute_complete(ctx(2), event)  # the disk is saved by a helper VM
     helper = deferred.value.trigger
-    assert deferred.value.method_name == "backup_save_complete" and helper.instance_id != attempt.instance_id
+    assert deferred.value.method_name == "backup_save_complete"
+    assert helper.watch.instance_id != attempt.watch.instance_id
     event = refused_event(helper)
     assert event["status"] == "error" and "UnauthorizedOperation" in event["reason"]
     before = ledger.read_text()
     with pytest.raises(AirflowException, match="UnauthorizedOperation"):
         op.backup_save_complete(ctx(2), event)
     assert ledger.read_text() == before  # the helper is still the attempt's, no backup-save error counted
-    assert json.loads(before)["spot.attempt.0001"]["backup_helper"] == helper.instance_id
+    assert json.loads(before)["spot.attempt.0001"]["backup_helper"] == helper.watch.instance_id
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(ctx(3))  # waits for the same helper again
     assert deferred.value.method_name == "backup_save_complete"
-    assert deferred.value.trigger.instance_id == helper.instance_id
+    assert deferred.value.trigger.watch.instance_id == helper.watch.instance_id
 
     event = next_event(deferred.value.trigger)
-    assert event["status"] == "done"
+    assert event["status"] == SAVED
     with pytest.raises(TaskDeferred) as deferred:
         op.backup_save_complete(ctx(3), event)  # saved and released: attempt 2 is launched
     first = json.loads(ledger.read_text())["spot.attempt.0001"]
     assert first["released"] and not first["backup_save"]["error"] and first["backup_save_errors"] == []
-    backend().terminate(deferred.value.trigger.instance_id)
-    backend().release(deferred.value.trigger.instance_id)
+    backend().terminate(deferred.value.trigger.watch.instance_id)
+    backend().release(deferred.value.trigger.watch.instance_id)
     assert leftovers(aws, "revoked") == []
 
 
@@ -442,8 +445,8 @@ def test_on_kill_of_a_backup_save_helper_keeps_the_volume_it_copies(aws, ami, tm
     unsaved.write_bytes(b"written after the last sync")
     aws.preempt(instance_id, notice_seconds=None)
     aws.wait_gone(instance_id)
-    store = CheckpointStore.from_uri(req.checkpoint_uri, endpoint_url=aws.endpoint, key="x", secret="x")
-    helper = be.backup_save(instance_id, store, 1, r"(?P<step>\d+)", token=req.token).helper_id
+    saving = BackupSaveRequest(instance_id, 1, req.checkpoint_uri, r"(?P<step>\d+)", token=req.token)
+    helper = be.backup_save(saving).helper_id
     assert helper and data_mapping(aws, helper)["Ebs"]["VolumeId"] == volume
     aws.hold_termination(helper)
     killing = start_on_kill(HelperTaskEnded(backend=be.serialize(), instance_id=helper, attempt=1,

@@ -1,9 +1,9 @@
 import pytest
 
-from airflow_spot_provider.backends.base import AttemptStatus, InstanceFacts, InstanceState, classify
+from airflow_spot_provider.attempt import AttemptStatus, InstanceFacts, InstanceState, Markers, classify
 
 RUNNING = InstanceFacts("i-1", InstanceState.RUNNING)
-GONE = InstanceFacts("i-1", InstanceState.TERMINATED, reason="Client.InstanceInitiatedShutdown")
+GONE = InstanceFacts("i-1", InstanceState.TERMINATED, reason="Client.InstanceInitiatedShutdown", guest_shutdown=True)
 RECLAIMED = InstanceFacts("i-1", InstanceState.TERMINATED, reason="Server.SpotInstanceTermination", preempted=True)
 VANISHED = InstanceFacts("i-1", InstanceState.MISSING, reason="Local.HostLost")
 NOTICE = {"notice": {"time": 1}}
@@ -28,4 +28,4 @@ NOTICE = {"notice": {"time": 1}}
     ],
 )
 def test_classification_comes_from_facts(facts, markers, status):
-    assert classify(facts, markers).status is status
+    assert classify(facts, Markers(markers)).status is status

@@ -45,7 +45,7 @@ pytestmark = [pytest.mark.airflow, pytest.mark.timeout(600)]
 CONN_ID = "spot_gcp"
 PROJECT = "spot-project"
 BUCKET = "spot-cluster"
-RELEASE_DEADLINE = 30.0  # seconds: decision 9's promise after mark-failed
+RELEASE_DEADLINE = 30.0  # seconds: the promise after mark-failed ("Nothing leaks" in docs/design.md)
 TIMINGS = Timings()
 
 

@@ -14,10 +14,11 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
+
+from airflow_spot_provider.backends.base import CloudResource
 
 from .cluster import (
     TRIGGERER_HEALTH_THRESHOLD,
@@ -33,7 +34,7 @@ from .cluster import (
 
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(900)]
 
-RELEASE_DEADLINE = 30.0  # seconds: decision 9's promise after mark-failed / timeout
+RELEASE_DEADLINE = 30.0  # seconds: the promise after mark-failed / timeout ("Nothing leaks" in docs/design.md)
 TIMINGS = Timings()
 
 
@@ -61,10 +62,10 @@ record, info = TIMINGS.record, TIMINGS.info
 
 # -- shared steps and checks ---------------------------------------------------------------------------
 def live_attempt(cluster: AirflowCluster, monitor: AttemptMonitor, dag_id: str, run_id: str,
-                 timeout: float = 120) -> dict[str, Any]:
+                 timeout: float = 120) -> CloudResource:
     """Wait until the task is deferred on a running attempt; return that attempt's instance."""
     cluster.wait_for_state(dag_id, run_id, ("deferred",), timeout)
-    running = wait_for(lambda: [i for i in monitor.instances(dag_id, run_id) if i["state"] == "running"], 30,
+    running = wait_for(lambda: [i for i in monitor.instances(dag_id, run_id) if i.state == "running"], 30,
                        interval=0.2, what=f"a running attempt of {dag_id}")
     assert len(running) == 1, running
     return running[0]
@@ -72,8 +73,8 @@ def live_attempt(cluster: AirflowCluster, monitor: AttemptMonitor, dag_id: str, 
 
 
 
-def instance(monitor: AttemptMonitor, instance_id: str) -> dict[str, Any]:
-    return next(i for i in monitor.backend.list_instances() if i["instance_id"] == instance_id)
+def instance(monitor: AttemptMonitor, instance_id: str) -> CloudResource:
+    return next(i for i in monitor.backend.list_instances() if i.instance_id == instance_id)
 
 
 def processes_of(cluster: AirflowCluster, instance_id: str) -> list[int]:
@@ -82,7 +83,7 @@ def processes_of(cluster: AirflowCluster, instance_id: str) -> list[int]:
 
 def gone_and_released(cluster: AirflowCluster, monitor: AttemptMonitor, instance_id: str) -> bool:
     item = instance(monitor, instance_id)
-    return item["state"] == "terminated" and not item["disk"] and not processes_of(cluster, instance_id)
+    return item.state == "terminated" and not item.has_disk and not processes_of(cluster, instance_id)
 
 
 
@@ -94,8 +95,8 @@ def assert_finished_once(cluster: AirflowCluster, monitor: AttemptMonitor, dag_i
     assert job.get("attempts") == 1 and len(attempts) == 1, attempts
     assert attempts[0]["status"] == "succeeded", attempts[0]
     instances = monitor.instances(dag_id, run_id)
-    assert [i["instance_id"] for i in instances] == [attempts[0]["instance_id"]], instances
-    assert instances[0]["state"] == "terminated" and not instances[0]["disk"], instances[0]
+    assert [i.instance_id for i in instances] == [attempts[0]["instance_id"]], instances
+    assert instances[0].state == "terminated" and not instances[0].has_disk, instances[0]
     summary = cluster.xcom(dag_id, run_id)
     assert summary is not None, "no XCom summary"
     assert summary["totals"]["attempts"] == 1
@@ -108,8 +109,8 @@ def assert_finished_once(cluster: AirflowCluster, monitor: AttemptMonitor, dag_i
 def cleanup_run(monitor: AttemptMonitor, dag_id: str, run_id: str) -> None:
     """Remove whatever a failed scenario left running, so the next scenarios start clean."""
     for item in monitor.instances(dag_id, run_id):
-        monitor.backend.terminate(item["instance_id"])
-        monitor.backend.release(item["instance_id"])
+        monitor.backend.terminate(item.instance_id)
+        monitor.backend.release(item.instance_id)
 
 
 # -- 1. triggerer restart ------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def test_triggerer_killed_while_deferred_new_triggerer_finishes_the_job(cluster,
         ages = cluster.heartbeat_ages()
         killed = time.monotonic()
         cluster.kill(old, signal.SIGKILL)
-        assert processes_of(cluster, attempt["instance_id"]), "the attempt died with the triggerer"
+        assert processes_of(cluster, attempt.instance_id), "the attempt died with the triggerer"
         new = cluster.start_triggerer()
 
         cluster.wait_taken_over(dag_id, run_id, new)
@@ -151,7 +152,7 @@ def test_frozen_triggerer_trigger_moves_and_job_finishes_once(cluster, monitor, 
         frozen = cluster.triggerer(holder[1])
         others = [c for c in cluster.components if c.name == "triggerer" and c.alive() and c is not frozen]
         assert frozen is not None and others, (holder, [c.job_id for c in cluster.components])
-        pids = set(processes_of(cluster, attempt["instance_id"]))
+        pids = set(processes_of(cluster, attempt.instance_id))
 
         ages = cluster.heartbeat_ages()
         stopped = time.monotonic()
@@ -170,8 +171,8 @@ def test_frozen_triggerer_trigger_moves_and_job_finishes_once(cluster, monitor, 
         wait_for(lambda: "trigger completed" in cluster.trigger_log(dag_id, run_id, frozen.job_id), 45,
                  what="the woken triggerer to drop its trigger")
         record(capsys, "2. SIGCONT -> woken triggerer dropped the trigger", time.monotonic() - woke)
-        assert instance(monitor, attempt["instance_id"])["state"] == "running"
-        assert pids <= set(processes_of(cluster, attempt["instance_id"])), "the attempt was killed on reassignment"
+        assert instance(monitor, attempt.instance_id).state == "running"
+        assert pids <= set(processes_of(cluster, attempt.instance_id)), "the attempt was killed on reassignment"
         gate = cluster.root / "gates" / run_id.replace(":", "_")  # the job runs until the test opens its gate
         gate.parent.mkdir(exist_ok=True)
         gate.touch()
@@ -221,7 +222,7 @@ def test_worker_killed_right_after_launch_retry_reconnects(cluster, monitor, cap
         assert_finished_once(cluster, monitor, dag_id, run_id)
         assert cluster.try_number(dag_id, run_id) == 2
         [only] = monitor.instances(dag_id, run_id)
-        assert only["instance_id"] == instance_dir.name
+        assert only.instance_id == instance_dir.name
     finally:
         cleanup_run(monitor, dag_id, run_id)
 
@@ -235,7 +236,7 @@ def test_mark_failed_while_deferred_terminates_and_releases(cluster, monitor, ca
         cluster.ready_holder(dag_id, run_id)
         marked = time.monotonic()
         cluster.set_ti_state(dag_id, run_id, "failed")
-        wait_for(lambda: gone_and_released(cluster, monitor, attempt["instance_id"]), RELEASE_DEADLINE,
+        wait_for(lambda: gone_and_released(cluster, monitor, attempt.instance_id), RELEASE_DEADLINE,
                  interval=0.25, what="the attempt to be terminated and its disk released after mark-failed")
         record(capsys, "4. mark failed -> attempt terminated and disk released", time.monotonic() - marked)
         assert cluster.ti_state(dag_id, run_id) == "failed"
@@ -256,7 +257,7 @@ def test_job_timeout_fails_the_task_and_releases_the_attempt(cluster, monitor, c
         failed = time.monotonic()
         assert cluster.ti_state(dag_id, run_id) == "failed"
         record(capsys, "5. trigger -> task failed by job_timeout=8s", failed - started)
-        wait_for(lambda: gone_and_released(cluster, monitor, attempt["instance_id"]), RELEASE_DEADLINE,
+        wait_for(lambda: gone_and_released(cluster, monitor, attempt.instance_id), RELEASE_DEADLINE,
                  interval=0.25, what="the attempt to be terminated and its disk released after the timeout")
         record(capsys, "5. task failed -> attempt terminated and disk released", time.monotonic() - failed)
         assert len(monitor.instances(dag_id, run_id)) == 1
@@ -271,11 +272,11 @@ def test_sweep_after_airflow_crash_removes_the_orphan(cluster, monitor, capsys):
     run_id = cluster.trigger(dag_id)
     try:
         attempt = live_attempt(cluster, monitor, dag_id, run_id)
-        orphan = attempt["instance_id"]
+        orphan = attempt.instance_id
         crashed = time.monotonic()
         cluster.kill_all()
         time.sleep(1)
-        assert instance(monitor, orphan)["state"] == "running" and processes_of(cluster, orphan), \
+        assert instance(monitor, orphan).state == "running" and processes_of(cluster, orphan), \
             "the attempt should outlive Airflow"
         # Right after a crash the metadata DB still looks live (fresh heartbeats, task deferred); the
         # sweep can only call the job orphaned once Airflow's heartbeats are older than its health threshold.
@@ -286,7 +287,7 @@ def test_sweep_after_airflow_crash_removes_the_orphan(cluster, monitor, capsys):
         assert dry.returncode == 0, dry.stderr
         assert orphan in dry.stdout, f"dry run did not list the orphan:\n{dry.stdout}{dry.stderr}"
         item = instance(monitor, orphan)
-        assert item["state"] == "running" and item["disk"] and processes_of(cluster, orphan), "dry run deleted"
+        assert item.state == "running" and item.has_disk and processes_of(cluster, orphan), "dry run deleted"
 
         started = time.monotonic()
         delete = cluster.run_cli(["sweep", "--delete"])
@@ -294,7 +295,7 @@ def test_sweep_after_airflow_crash_removes_the_orphan(cluster, monitor, capsys):
         assert orphan in delete.stdout, delete.stdout
         assert gone_and_released(cluster, monitor, orphan), instance(monitor, orphan)
         record(capsys, "6. sweep --delete (orphan terminated and released)", time.monotonic() - started)
-        leftovers = [i for i in monitor.backend.list_instances() if i["state"] in ("pending", "running") or i["disk"]]
+        leftovers = [i for i in monitor.backend.list_instances() if i.state in ("pending", "running") or i.has_disk]
         assert not leftovers, leftovers
 
         again = cluster.run_cli(["sweep", "--delete"])

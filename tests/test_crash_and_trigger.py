@@ -1,4 +1,5 @@
-"""Crash safety (decision 2) and trigger idempotency (decision 3), against the real local backend."""
+"""Crash safety and trigger idempotency (``docs/design.md``: "State lives in the ledger", "Triggers only observe"),
+against the real local backend."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 
-from airflow_spot_provider.backends.base import InstanceFacts, InstanceState
+from airflow_spot_provider.attempt import InstanceFacts, InstanceState
 from airflow_spot_provider.backends.local import LocalBackend
 from airflow_spot_provider.operators.spot_training import SpotTrainingOperator
 from airflow_spot_provider.triggers.backup_save import BackupSaveTrigger
@@ -58,11 +59,11 @@ def test_worker_killed_right_after_launch_reconnects_to_the_same_attempt(tmp_pat
     # The new try runs execute() again: it must find the live attempt by its token, not launch another.
     with pytest.raises(TaskDeferred) as deferred:
         operator(tmp_path, state_dir).execute(context(ledger, try_number=2))
-    assert deferred.value.trigger.instance_id == instance["instance_id"]
+    assert deferred.value.trigger.watch.instance_id == instance.instance_id
     assert len(backend.list_instances()) == 1
-    assert len(processes_with(str(backend.instances / instance["instance_id"]))) == 2  # one host + one agent
-    assert json.loads(ledger.read_text())["spot.attempt.0001"]["instance_id"] == instance["instance_id"]
-    backend.terminate(instance["instance_id"])
+    assert len(processes_with(str(backend.instances / instance.instance_id))) == 2  # one host + one agent
+    assert json.loads(ledger.read_text())["spot.attempt.0001"]["instance_id"] == instance.instance_id
+    backend.terminate(instance.instance_id)
 
 
 async def collect(trigger: SpotJobTrigger) -> list[dict]:
@@ -289,5 +290,5 @@ def test_describe_error_fails_the_try_and_keeps_the_attempt_for_the_retry(tmp_pa
     # The next try reconnects to it instead of launching another VM.
     with pytest.raises(TaskDeferred) as again:
         op.execute(context(ledger, try_number=2))
-    assert again.value.trigger.instance_id == instance_id
-    assert [i["instance_id"] for i in local_backend.list_instances()] == [instance_id]
+    assert again.value.trigger.watch.instance_id == instance_id
+    assert [i.instance_id for i in local_backend.list_instances()] == [instance_id]

@@ -14,7 +14,8 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
-from airflow_spot_provider.backends.base import InstanceState, JobIdentity, LaunchError, LaunchRequest, classify
+from airflow_spot_provider.attempt import InstanceState, Markers, classify
+from airflow_spot_provider.backends.base import BackupSaveRequest, JobIdentity, LaunchError, LaunchRequest
 from airflow_spot_provider.backends.gcp import DATA_DEVICE, data_disk_name, helper_name
 
 from .chaos import Chaos
@@ -193,12 +194,13 @@ def test_no_notice_no_final_sync_helper_backup_save_recovers(gcp):
     assert store.read_manifest().files == {}  # nothing reached GCS from the VM itself
     dead = asyncio.run(be.describe([facts.instance_id]))[facts.instance_id]
     assert dead.state is InstanceState.TERMINATED and dead.preempted
-    assert classify(dead, store.read_markers(1)).status.value == "preempted"
+    assert classify(dead, Markers(store.read_markers(1))).status.value == "preempted"
 
     be.terminate(facts.instance_id)
-    started = be.backup_save(facts.instance_id, store, 1, r"(?P<step>\d+)")
+    saving = BackupSaveRequest(facts.instance_id, 1, req.checkpoint_uri, r"(?P<step>\d+)")
+    started = be.backup_save(saving)
     assert started.helper_id and started.helper_id != facts.instance_id
-    assert be.backup_save(facts.instance_id, store, 1, r"(?P<step>\d+)").helper_id == started.helper_id
+    assert be.backup_save(saving).helper_id == started.helper_id
     helper = gcp.instance(PROJECT, zone, started.helper_id.split("/")[1])
     assert helper["labels"]["spot-role"] == "backup-save" and helper["scheduling"]["provisioningModel"] == "STANDARD"
     assert [d["mode"] for d in helper["disks"] if d["deviceName"] == "spot-data"] == ["READ_ONLY"]
@@ -210,7 +212,7 @@ def test_no_notice_no_final_sync_helper_backup_save_recovers(gcp):
         assert store.fs.cat_file(store.path(name_)) == (disk_dir / name_).read_bytes()
     be.release(facts.instance_id)
     assert leftovers(gcp, "nonotice") == []
-    assert be.backup_save(facts.instance_id, store, 1, r"(?P<step>\d+)").skipped  # nothing left to read
+    assert be.backup_save(saving).skipped  # nothing left to read
 
 
 def test_capacity_error_moves_to_next_zone_and_throttling_is_retried(gcp):
@@ -280,8 +282,8 @@ def test_repeated_launch_with_the_same_identity_creates_one_instance(gcp):
     assert vm["scheduling"]["provisioningModel"] == "SPOT" and vm["scheduling"]["instanceTerminationAction"] == "STOP"
     data = next(d for d in vm["disks"] if d["deviceName"] == "spot-data")
     assert data["autoDelete"] is False and next(d for d in vm["disks"] if d["boot"])["autoDelete"] is True
-    (listed,) = [i for i in be.list_instances() if i["instance_id"] == first.instance_id]
-    assert listed["tags"]["spot-dag-id"] == "Nightly.Retrain" and listed["disk"] and listed["role"] == "attempt"
+    (listed,) = [i for i in be.list_instances() if i.instance_id == first.instance_id]
+    assert listed.tags["spot-dag-id"] == "Nightly.Retrain" and listed.has_disk and listed.role == "attempt"
     be.terminate(first.instance_id)
     assert gcp.instance(PROJECT, *first.instance_id.split("/"))["status"] == "TERMINATED"
     be.release(first.instance_id)
@@ -294,8 +296,8 @@ def test_orphan_data_disk_is_listed_and_swept(gcp):
     zone, name = facts.instance_id.split("/")
     instances, _, _ = api(gcp)
     instances.delete(project=PROJECT, zone=zone, instance=name).result()  # the VM went, its disk stayed
-    (orphan,) = [i for i in be.list_instances() if i["tags"].get("spot-task-id") == "orphan"]
-    assert orphan["instance_id"] is None and orphan["disk_id"] == f"{zone}/{name}-data" and orphan["disk"]
+    (orphan,) = [i for i in be.list_instances() if i.tags.get("spot-task-id") == "orphan"]
+    assert orphan.instance_id is None and orphan.disk_id == f"{zone}/{name}-data" and orphan.has_disk
     be.sweep_delete(orphan)
     assert leftovers(gcp, "orphan") == []
 
@@ -310,7 +312,7 @@ def test_lost_instance_is_lost_not_preempted(gcp):
     dead = asyncio.run(be.describe([facts.instance_id, unknown, "not-an-id"]))
     assert dead[facts.instance_id].state is InstanceState.TERMINATED and not dead[facts.instance_id].preempted
     assert dead[facts.instance_id].reason == "compute.instances.hostError"
-    assert classify(dead[facts.instance_id], {}).status.value == "lost"
+    assert classify(dead[facts.instance_id], Markers()).status.value == "lost"
     assert dead[unknown].state is InstanceState.MISSING and dead["not-an-id"].state is InstanceState.MISSING
     be.terminate(facts.instance_id)
     be.release(facts.instance_id)
@@ -325,7 +327,7 @@ def test_vm_that_powers_off_before_its_agent_starts_is_a_failed_boot(gcp):
     zone, name = facts.instance_id.split("/")
     gcp.wait_status(PROJECT, zone, name, "TERMINATED")
     dead = asyncio.run(be.describe([facts.instance_id]))[facts.instance_id]
-    verdict = classify(dead, store_of(f"gs://{BUCKET}/badboot/").read_markers(1))
+    verdict = classify(dead, Markers(store_of(f"gs://{BUCKET}/badboot/").read_markers(1)))
     assert verdict.status.value == "failed" and "before the agent started" in verdict.reason
     be.terminate(facts.instance_id)
     be.release(facts.instance_id)
@@ -404,7 +406,7 @@ def test_on_kill_of_a_backup_save_helper_keeps_the_disk_it_copies(gcp, tmp_path)
     unsaved = gcp.disk_dir(zone, data_disk_name(name)) / "checkpoints" / "ckpt-00000001"
     unsaved.parent.mkdir(parents=True, exist_ok=True)
     unsaved.write_bytes(b"written after the last sync")
-    helper = be.backup_save(instance_id, store_of(req.checkpoint_uri), 1, r"(?P<step>\d+)").helper_id
+    helper = be.backup_save(BackupSaveRequest(instance_id, 1, req.checkpoint_uri, r"(?P<step>\d+)")).helper_id
     assert helper == f"{zone}/{helper_name(name)}"
     assert data_disk(gcp, zone, helper_name(name))["source"].endswith(f"/disks/{data_disk_name(name)}")
     gcp.hold_deletion(PROJECT, zone, helper_name(name))

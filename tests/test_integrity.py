@@ -27,7 +27,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_spot_provider.agent.config import AgentConfig
 from airflow_spot_provider.agent.runner import AGENT_ERROR_EXIT, FENCED_EXIT, AttemptRunner, main
-from airflow_spot_provider.backends.base import AttemptStatus, InstanceFacts, InstanceState, classify
+from airflow_spot_provider.attempt import AttemptStatus, InstanceFacts, InstanceState, Markers, classify
 from airflow_spot_provider.checkpoints.retention import apply_retention
 from airflow_spot_provider.checkpoints.store import (
     FENCE_LOCK,
@@ -789,5 +789,6 @@ def test_the_job_is_not_started_when_its_started_marker_cannot_be_written(tmp_pa
     assert markers["exit"]["error"].startswith("StartNotRecorded: the started marker could not be written, so the "
                                                "job was not started: StorageError: write of")
     # The attempt fails with that reason (a retry tries again); it is not relaunched as lost in the same try.
-    verdict = classify(InstanceFacts("i-vm", InstanceState.TERMINATED, reason="InstanceInitiatedShutdown"), markers)
+    verdict = classify(InstanceFacts("i-vm", InstanceState.TERMINATED, reason="Client.InstanceInitiatedShutdown",
+                                     guest_shutdown=True), Markers(markers))
     assert verdict.status is AttemptStatus.FAILED and "started marker" in verdict.reason

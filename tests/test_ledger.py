@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
+from airflow_spot_provider.attempt import AttemptStatus
 from airflow_spot_provider.backends.local import LocalBackend
 from airflow_spot_provider.checkpoints.store import CheckpointStore
 from airflow_spot_provider.ledger import JOB_KEY, Ledger, LedgerMirror
@@ -32,7 +33,7 @@ def test_a_cleared_or_edited_state_store_is_restored_from_the_mirror(tmp_path):
     state = DictStore()
     ledger = Ledger(state, mirror(tmp_path))
     record = ledger.new_attempt(1, "local", lambda n: f"token-{n}")
-    record.status, record.instance_id = "running", "i-1"
+    record.status, record.instance_id = AttemptStatus.RUNNING, "i-1"
     ledger.save(record)
     nonce = ledger.job.nonce
 
@@ -104,7 +105,7 @@ def test_worker_dead_after_success_the_retry_returns_the_result_and_a_clear_trai
     # A user's clear after that success (try 3): trains again.
     with pytest.raises(TaskDeferred) as again:
         operator(tmp_path, state_dir, quick).execute(context(ledger_file, try_number=3))
-    assert len(backend.list_instances()) == 2 and again.value.trigger.attempt == 2
+    assert len(backend.list_instances()) == 2 and again.value.trigger.watch.attempt == 2
     assert first_event(again.value)["status"] == "succeeded"
 
 
@@ -125,12 +126,12 @@ def test_state_store_cleared_between_preemptions_the_job_finishes_with_its_whole
 
     def clear_while_attempt_2_runs() -> None:
         while not stop.is_set():
-            running = [i for i in backend.list_instances() if i["attempt"] == 2 and i["state"] == "running"]
+            running = [i for i in backend.list_instances() if i.attempt == 2 and i.state == "running"]
             if running:
                 with create_session() as session:
                     session.execute(delete(TaskStateStoreModel).where(
                         TaskStateStoreModel.dag_id == "e2e_ledger_cleared"))
-                cleared.append(running[0]["instance_id"])
+                cleared.append(running[0].instance_id)
                 return
             stop.wait(0.05)
 
@@ -151,4 +152,4 @@ def test_state_store_cleared_between_preemptions_the_job_finishes_with_its_whole
     assert attempts[1]["instance_id"] == cleared[0]
     assert all(a["released"] and a["backup_save"] is not None for a in attempts[:2])
     assert result["summary"]["totals"]["preemptions"] == 2
-    assert not [i for i in backend.list_instances() if i["disk"]]  # no disk leaked
+    assert not [i for i in backend.list_instances() if i.has_disk]  # no disk leaked

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import psutil
 
-from airflow_spot_provider.backends.base import InstanceState, JobIdentity, LaunchRequest, classify
+from airflow_spot_provider.attempt import InstanceState, Markers, classify
+from airflow_spot_provider.backends.base import JobIdentity, LaunchRequest
 from airflow_spot_provider.checkpoints.store import CheckpointStore
 from airflow_spot_provider.cli import main as cli
 
@@ -67,7 +68,7 @@ def test_preempt_with_notice_then_kill_and_without_notice(tmp_path, local_backen
     wait_for(lambda: (disk / "got-sigterm").exists() and (disk / "spot-notice.json").exists())
     facts = wait_for(lambda: (f := local_backend._facts(noticed.instance_id)).state is InstanceState.TERMINATED and f)
     assert facts.preempted and facts.reason == "Local.SpotInterruption"
-    assert classify(facts, store.read_markers(1)).status.value == "preempted"
+    assert classify(facts, Markers(store.read_markers(1))).status.value == "preempted"
     assert "notice" in store.read_markers(1)
 
     silent = local_backend.launch(request(tmp_path, SLEEPER, attempt=2))
@@ -95,7 +96,7 @@ def test_host_death_is_seen_as_lost_and_terminate_still_kills_the_vm(tmp_path, l
     state = json.loads((local_backend.instances / facts.instance_id / "state.json").read_text())
     os.kill(state["host_pid"], 9)
     lost = wait_for(lambda: (f := local_backend._facts(facts.instance_id)).state is InstanceState.MISSING and f)
-    assert lost.reason == "Local.HostLost" and classify(lost, {}).status.value == "lost"
+    assert lost.reason == "Local.HostLost" and classify(lost, Markers()).status.value == "lost"
     local_backend.terminate(facts.instance_id)
     wait_for(lambda: not processes_with(str(local_backend.instances / facts.instance_id)))
 
@@ -129,7 +130,7 @@ def test_status_and_sweep_without_airflow_touches_only_finished_disks(tmp_path, 
 
 
 def test_sweep_asks_airflow_and_spares_live_jobs(tmp_path, local_backend, capsys, airflow_db):
-    from airflow_spot_provider.sweep import JobKey, find_leftovers, sweep
+    from airflow_spot_provider.sweep import find_leftovers, sweep
 
     running = local_backend.launch(request(tmp_path, SLEEPER))
     other = local_backend.launch(LaunchRequest(**{**request(tmp_path, SLEEPER).__dict__,
@@ -142,12 +143,12 @@ def test_sweep_asks_airflow_and_spares_live_jobs(tmp_path, local_backend, capsys
     # The selection follows Airflow's answer per job: the live one is spared, the other removed.
     verdicts = {"task": (True, ""), "other": (False, "its task is failed")}
     leftovers = find_leftovers(local_backend, lambda key: verdicts[key.task_id])
-    assert [x.item["instance_id"] for x in leftovers] == [other.instance_id]
+    assert [x.resource.instance_id for x in leftovers] == [other.instance_id]
     assert sweep(local_backend, lambda key: verdicts[key.task_id], True, print) == 1
     assert local_backend._facts(other.instance_id).state is InstanceState.TERMINATED
     assert local_backend._facts(running.instance_id).state is InstanceState.RUNNING
     assert not find_leftovers(local_backend, lambda key: verdicts[key.task_id])
-    assert JobKey.from_tags({"spot-dag-id": "d"}) is None
+    assert JobIdentity.from_tags({"spot-dag-id": "d"}) is None
 
 
 def test_random_market_is_reproducible_with_a_seed():

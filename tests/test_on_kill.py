@@ -1,4 +1,5 @@
-"""The trigger's on_kill: it destroys the attempt only when a user really ended the task (decision 9).
+"""The trigger's on_kill: it destroys the attempt only when a user really ended the task ("Nothing leaks" in
+docs/design.md).
 The real mark-failed path through Airflow's triggerer is in test_cluster_reliability.py."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_spot_provider.backends.base import InstanceState
+from airflow_spot_provider.attempt import InstanceState
 from airflow_spot_provider.triggers.backup_save import BackupSaveTrigger
 from airflow_spot_provider.triggers.base import SpotInstanceTrigger
 from airflow_spot_provider.triggers.spot_job import SpotJobTrigger

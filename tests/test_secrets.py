@@ -1,5 +1,6 @@
-"""No connection secret leaves Airflow (decision 10): not in the job's environment, the files the local
-backend writes, the task log, the XCom summary or the ledger — unless the DAG author passes it on purpose."""
+"""No connection secret leaves Airflow ("No credentials leave Airflow" in docs/design.md): not in the job's
+environment, the files the local backend writes, the task log,
+the XCom summary or the ledger — unless the DAG author passes it on purpose."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from airflow_spot_provider.backends.base import InstanceState
+from airflow_spot_provider.attempt import InstanceState
 from airflow_spot_provider.cli import main as cli
 
 from .test_local_backend import SLEEPER, request

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from airflow_spot_provider.attempt import Marker
 from airflow_spot_provider.checkpoints.store import CheckpointStore
 from airflow_spot_provider.checkpoints.sync import DirectorySync
 
@@ -49,18 +50,19 @@ def run(config: BackupConfig) -> int:
     if not wait_for_disk(checkpoints, config.wait_seconds):
         # A disk without a checkpoint directory: the job never wrote one. Nothing to save, not an error.
         log.info("no checkpoint directory on the attached disk (%s)", checkpoints)
-        store.write_marker(config.attempt, "backup-save", {"uploaded": [], "bytes": 0, "latest": None,
+        store.write_marker(config.attempt, Marker.BACKUP_SAVE, {"uploaded": [], "bytes": 0, "latest": None,
                                                            "reason": "no checkpoint directory on the disk"})
         return 0
     try:
-        result = DirectorySync(checkpoints, store, config.attempt, config.checkpoint_pattern).sync("backup-save")
+        syncer = DirectorySync(checkpoints, store, config.attempt, config.checkpoint_pattern)
+        result = syncer.sync(Marker.BACKUP_SAVE.value)
     except Exception as err:  # noqa: BLE001 - any failure must reach the operator as a marker
         log.exception("backup-save failed")
-        store.write_marker(config.attempt, "backup-save", {"error": f"{type(err).__name__}: {err}"})
+        store.write_marker(config.attempt, Marker.BACKUP_SAVE, {"error": f"{type(err).__name__}: {err}"})
         return 1
     log.info("backup-save: %d file(s), %d bytes; latest checkpoint %s", len(result.uploaded), result.bytes,
              result.latest)
-    store.write_marker(config.attempt, "backup-save", {"uploaded": result.uploaded, "bytes": result.bytes,
+    store.write_marker(config.attempt, Marker.BACKUP_SAVE, {"uploaded": result.uploaded, "bytes": result.bytes,
                                                        "latest": result.latest})
     return 0
 

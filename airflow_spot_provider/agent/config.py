@@ -14,7 +14,9 @@ class AgentConfig:
     instance_id: str
     command: list[str]
     checkpoint_uri: str
-    work_dir: str  # the attempt's "disk": the job's cwd; checkpoints live in work_dir/checkpoints
+    #: The attempt's "disk": the job's cwd; checkpoints live in work_dir/checkpoints. A VM's boot script names
+    #: it relative to the directory the agent starts in.
+    work_dir: str
     checkpoint_pattern: str
     sync_interval: float
     resume_args: list[str] = field(default_factory=list)
@@ -22,10 +24,6 @@ class AgentConfig:
     notice: dict[str, Any] = field(default_factory=lambda: {"source": "none"})
     #: Seconds between syncs after a notice: the job is expected to save right away.
     notice_sync_interval: float = 1.0
-
-    def __post_init__(self) -> None:
-        # A VM's bootstrap names the disk relative to its own root: fix it before the job changes directory.
-        object.__setattr__(self, "work_dir", os.path.abspath(self.work_dir))
 
     @property
     def checkpoint_dir(self) -> str:
@@ -36,4 +34,6 @@ class AgentConfig:
 
     @classmethod
     def from_json(cls, text: str) -> AgentConfig:
-        return cls(**json.loads(text))
+        """Read on the VM, at the agent's start: a relative ``work_dir`` is fixed before the job changes directory."""
+        data = json.loads(text)
+        return cls(**{**data, "work_dir": os.path.abspath(data["work_dir"])})

@@ -18,6 +18,7 @@ from typing import Any
 
 from airflow_spot_provider.agent.config import AgentConfig
 from airflow_spot_provider.agent.notice import notice_source
+from airflow_spot_provider.attempt import Marker, exit_marker, notice_marker, started_marker
 from airflow_spot_provider.checkpoints.store import CheckpointStore, FencedError
 from airflow_spot_provider.checkpoints.sync import DirectorySync, SyncResult, restore
 
@@ -98,7 +99,8 @@ class AttemptRunner:
         self.notice_file.write_text(json.dumps(found))
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        self._safely(lambda: self.store.write_marker(self.cfg.attempt, "notice", {"notice": found}), "notice marker")
+        self._safely(lambda: self.store.write_marker(self.cfg.attempt, Marker.NOTICE, notice_marker(found)),
+                     "notice marker")
 
     def _sync(self, source: str) -> SyncResult | None:
         if self.fenced is not None:
@@ -138,7 +140,8 @@ class AttemptRunner:
                 progress = json.loads(text)
             except ValueError:
                 return
-            if self._safely(lambda: self.store.write_marker(self.cfg.attempt, "progress", progress), "progress"):
+            write = lambda: self.store.write_marker(self.cfg.attempt, Marker.PROGRESS, progress)  # noqa: E731
+            if self._safely(write, "progress marker"):
                 self._progress_sent = text
 
     def _safely(self, action, what: str):
@@ -151,7 +154,7 @@ class AttemptRunner:
 
     def _final_sync(self) -> SyncResult | None:
         """One last round after the job exited; the store retries transient errors inside it."""
-        return self._sync("final-sync")
+        return self._sync(Marker.FINAL_SYNC.value)
 
     def _wait_for_job(self, proc: subprocess.Popen) -> int:
         cfg = self.cfg
@@ -178,12 +181,9 @@ class AttemptRunner:
         return proc.returncode
 
     def _write_exit(self, code: int | None, final_sync: bool) -> None:
-        data: dict[str, Any] = {"code": code, "notice": self.notice is not None, "final_sync": final_sync}
-        if self.fenced is not None:
-            data["fenced"] = self.fenced
-        elif not final_sync and self.sync_error:
-            data["sync_error"] = self.sync_error
-        self._safely(lambda: self.store.write_marker(self.cfg.attempt, "exit", data), "exit marker")
+        data = exit_marker(code, noticed=self.notice is not None, final_sync=final_sync, fenced=self.fenced,
+                           sync_error=self.sync_error if self.fenced is None and not final_sync else None)
+        self._safely(lambda: self.store.write_marker(self.cfg.attempt, Marker.EXIT, data), "exit marker")
 
     def _write_started(self, resume_from: str) -> None:
         """The ``started`` marker, retried by the store; if it still fails, the job is not started.
@@ -193,9 +193,8 @@ class AttemptRunner:
         been relaunched. Stopping now costs nothing, since nothing has run yet (like a failed restore).
         """
         try:
-            self.store.write_marker(self.cfg.attempt, "started", {
-                "instance_id": self.cfg.instance_id,
-                "restored_from": Path(resume_from).name if resume_from else None})
+            self.store.write_marker(self.cfg.attempt, Marker.STARTED, started_marker(
+                self.cfg.instance_id, Path(resume_from).name if resume_from else None))
         except Exception as err:
             raise StartNotRecorded(f"the started marker could not be written, so the job was not started: "
                                    f"{type(err).__name__}: {err}") from err
@@ -227,7 +226,7 @@ class AttemptRunner:
         final = self._final_sync()
         written = False
         if final is not None:
-            written = self._safely(lambda: self.store.write_marker(cfg.attempt, "final-sync", {
+            written = self._safely(lambda: self.store.write_marker(cfg.attempt, Marker.FINAL_SYNC, {
                 **final.to_dict(), "after_notice": self.notice is not None}), "final-sync marker") is not None
         elif self.sync_error:
             log.error("final sync failed: %s; the checkpoint directory is left for backup-save", self.sync_error)
@@ -248,6 +247,6 @@ def main(config_path: str, store: CheckpointStore | None = None) -> int:
         # Never start the job from scratch because a restore failed: stop and say why.
         log.exception("agent failed")
         error = f"{type(err).__name__}: {err}"
-        runner._safely(lambda: runner.store.write_marker(cfg.attempt, "exit", {
-            "code": None, "notice": runner.notice is not None, "error": error}), "exit marker")
+        runner._safely(lambda: runner.store.write_marker(
+            cfg.attempt, Marker.EXIT, exit_marker(None, noticed=runner.notice is not None, error=error)), "exit marker")
         return AGENT_ERROR_EXIT

@@ -10,12 +10,13 @@ EXTRAS = {"aws": "aws", "gcp": "gcp"}
 
 
 def get_backend(name: str, options: dict[str, Any] | None = None, conn_id: str | None = None) -> SpotBackend:
-    """The backend ``name`` with its options; ``conn_id`` is the Airflow connection of the cloud API."""
+    """The backend ``name`` with its options; ``conn_id`` is the Airflow connection of the cloud API
+    and of the checkpoint store."""
     options = dict(options or {})
     if name == "local":
         from airflow_spot_provider.backends.local import LocalBackend
 
-        return LocalBackend(**options)
+        return LocalBackend(conn_id=conn_id, **options)
     try:
         if name == "aws":
             from airflow_spot_provider.backends.aws import AwsBackend

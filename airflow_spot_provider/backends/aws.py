@@ -22,17 +22,21 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from airflow_spot_provider.attempt import InstanceFacts, InstanceState
 from airflow_spot_provider.backends.aws_pricing import on_demand_price
 from airflow_spot_provider.backends.base import (
+    ROLE_ATTEMPT,
+    ROLE_DISK,
+    ROLE_HELPER,
+    BackupSaveRequest,
     BackupSaveResult,
-    InstanceFacts,
-    InstanceState,
+    CloudResource,
     LaunchError,
     LaunchRequest,
+    poll_until,
+    prefix_parts,
 )
-from airflow_spot_provider.backends.bootstrap import backup_script
 from airflow_spot_provider.backends.cloud import CloudBackend, validate_common_options
-from airflow_spot_provider.checkpoints.store import CheckpointStore
 from airflow_spot_provider.spec import check_keys
 
 OPTIONS = (
@@ -110,8 +114,7 @@ class AwsBackend(CloudBackend):
 
     def __init__(self, conn_id: str | None = None, **options: Any) -> None:
         validate_options(options)
-        super().__init__(**options)
-        self.conn_id = conn_id or "aws_default"
+        super().__init__(conn_id=conn_id or "aws_default", **options)
         self._client: Any = None
         self._launch_client: Any = None
         self._async_client: Any = None
@@ -199,7 +202,7 @@ class AwsBackend(CloudBackend):
             "BlockDeviceMappings": [{"DeviceName": DATA_DEVICE, "Ebs": {
                 "VolumeSize": request.disk_gb, "VolumeType": self.options.get("volume_type", "gp3"),
                 "DeleteOnTermination": False, "Encrypted": True}}],
-            "TagSpecifications": [{"ResourceType": kind, "Tags": self._tag_list(tags, "attempt")}
+            "TagSpecifications": [{"ResourceType": kind, "Tags": self._tag_list(tags, ROLE_ATTEMPT)}
                                   for kind in ("instance", "volume")],
         }
         if request.market == "spot":
@@ -242,7 +245,7 @@ class AwsBackend(CloudBackend):
         return self._describe(Filters=filters)
 
     def find(self, request: LaunchRequest) -> InstanceFacts | None:
-        found = [i for i in self._by_tags(**{"spot-token": request.token, ROLE_TAG: "attempt"})]
+        found = [i for i in self._by_tags(**{"spot-token": request.token, ROLE_TAG: ROLE_ATTEMPT})]
         if not found:
             return None
         newest = max(found, key=lambda i: _epoch(i.get("LaunchTime")) or 0)
@@ -286,21 +289,19 @@ class AwsBackend(CloudBackend):
         if priced and market == "on-demand":
             price = on_demand
         return InstanceFacts(
-            instance_id=inst["InstanceId"], state=kind, reason=reason, preempted=preempted, zone=zone,
+            instance_id=inst["InstanceId"], state=kind, reason=reason, preempted=preempted,
+            guest_shutdown=gone and "InstanceInitiatedShutdown" in reason, zone=zone,
             instance_type=instance_type, market=market, launched_at=_epoch(inst.get("LaunchTime")),
             ended_at=_ended_at(inst) if gone else None, price_per_hour=price, on_demand_price_per_hour=on_demand,
         )
 
     def _wait(self, instance_id: str, states: tuple[str, ...]) -> dict[str, Any] | None:
-        deadline = time.monotonic() + float(self.options.get("wait_timeout", 300))
-        while True:
+        def reached() -> tuple[bool, dict[str, Any] | None]:
             inst = self._instance(instance_id)
-            if inst is None or inst["State"]["Name"] in states:
-                return inst
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{instance_id} did not reach {'/'.join(states)} in time "
-                                   f"(it is {inst['State']['Name']})")
-            time.sleep(1.0)
+            return inst is None or inst["State"]["Name"] in states, inst
+
+        return poll_until(reached, timeout=self.wait_timeout(), interval=1.0, timed_out=lambda inst: (
+            f"{instance_id} did not reach {'/'.join(states)} in time (it is {inst['State']['Name']})"))
 
     def terminate(self, instance_id: str) -> None:
         try:
@@ -319,7 +320,7 @@ class AwsBackend(CloudBackend):
                 self.release(instance_id, token=token)
             return
         # Never through a helper: the volume it reads is attached to it at the same device.
-        marked = not keep_disk and _tags(inst.get("Tags")).get(ROLE_TAG) == "attempt"
+        marked = not keep_disk and _tags(inst.get("Tags")).get(ROLE_TAG) == ROLE_ATTEMPT
         if marked and not self._delete_on_termination(instance_id, inst, True):
             super().cancel(instance_id, token)  # shutting down already, or the volume is elsewhere: wait
             return
@@ -361,32 +362,27 @@ class AwsBackend(CloudBackend):
         inst = self._instance(instance_id)
         return _tags(inst.get("Tags")).get("spot-token") if inst else None
 
-    def backup_save(self, instance_id: str, store: CheckpointStore, attempt: int,
-                    checkpoint_pattern: str, token: str | None = None) -> BackupSaveResult:
-        inst = self._instance(instance_id)
-        token = token or _tags(inst.get("Tags") if inst else None).get("spot-token")
+    def backup_save(self, request: BackupSaveRequest) -> BackupSaveResult:
+        inst = self._instance(request.instance_id)
+        token = request.token or _tags(inst.get("Tags") if inst else None).get("spot-token")
         volumes = [v for v in self._volumes(token) if v["State"] != "deleting"] if token else []
         if not volumes:
             return BackupSaveResult(skipped=True, reason="no data volume left to read")
         volume = volumes[0]
-        helper = self._helper(inst, token, volume, store, attempt, checkpoint_pattern)
+        helper = self._helper(inst, token, volume, request)
         if not any(a.get("InstanceId") == helper for a in volume["Attachments"]):
             self._wait(helper, ("running",) + GONE_STATES)
             self.ec2.attach_volume(VolumeId=volume["VolumeId"], InstanceId=helper, Device=DATA_DEVICE)
         return BackupSaveResult(helper_id=helper)
 
-    def _helper(self, inst: dict[str, Any] | None, token: str, volume: dict[str, Any], store: CheckpointStore,
-                attempt: int, checkpoint_pattern: str) -> str:
+    def _helper(self, inst: dict[str, Any] | None, token: str, volume: dict[str, Any],
+                request: BackupSaveRequest) -> str:
         """A small on-demand instance in the volume's zone that copies the volume to the store (idempotent)."""
-        helpers = self._by_tags(**{"spot-token": token, ROLE_TAG: "backup-save"})
+        helpers = self._by_tags(**{"spot-token": token, ROLE_TAG: ROLE_HELPER})
         running = [i for i in helpers if i["State"]["Name"] not in GONE_STATES + ("shutting-down", "stopping")]
         if running:
             return running[0]["InstanceId"]
         tags = _tags((inst or volume).get("Tags"))  # the volume carries the same identity tags
-        config = {"checkpoint_uri": store.fs.unstrip_protocol(store.root), "attempt": attempt,
-                  "checkpoint_pattern": checkpoint_pattern}
-        script = backup_script(config, python=self.options.get("python", "python3"), devices=VM_DEVICES,
-                               agent_install=self.agent_install())
         identity_tags = {k: v for k, v in tags.items() if k.startswith("spot-") and k != ROLE_TAG}
         response = self.ec2.run_instances(
             **self._common(), **self._placement(volume["AvailabilityZone"]),
@@ -394,8 +390,8 @@ class AwsBackend(CloudBackend):
             or self._fail("backend_options.helper_image: needed once EC2 no longer lists the attempt's instance"),
             InstanceType=self.options.get("helper_instance_type", "t3.micro"),
             # A new token per helper: a retried backup-save must get a new helper, not the dead one back.
-            ClientToken=f"{token}-backup-{len(helpers)}", UserData=script,
-            TagSpecifications=[{"ResourceType": "instance", "Tags": self._tag_list(identity_tags, "backup-save")}],
+            ClientToken=f"{token}-backup-{len(helpers)}", UserData=self.helper_script(request),
+            TagSpecifications=[{"ResourceType": "instance", "Tags": self._tag_list(identity_tags, ROLE_HELPER)}],
         )
         return response["Instances"][0]["InstanceId"]
 
@@ -414,58 +410,51 @@ class AwsBackend(CloudBackend):
                 with contextlib.suppress(Exception):  # already detaching/detached
                     self.ec2.detach_volume(VolumeId=volume["VolumeId"], InstanceId=attachment["InstanceId"],
                                            Force=True)
-            self._delete_volume(volume["VolumeId"])
+            self.delete_disk(volume["VolumeId"])
 
-    def _delete_volume(self, volume_id: str) -> None:
-        deadline = time.monotonic() + float(self.options.get("wait_timeout", 300))
-        while True:
+    def delete_disk(self, disk_id: str) -> None:
+        def deleted() -> tuple[bool, str]:
             try:
-                self.ec2.delete_volume(VolumeId=volume_id)
-                return
+                self.ec2.delete_volume(VolumeId=disk_id)
             except Exception as err:
-                if _code(err) in NOT_FOUND_CODES:
-                    return
-                if _code(err) != "VolumeInUse" or time.monotonic() > deadline:
+                if _code(err) != "VolumeInUse" and _code(err) not in NOT_FOUND_CODES:
                     raise
-            time.sleep(1.0)
+                return _code(err) in NOT_FOUND_CODES, str(err)
+            return True, ""
 
-    def list_instances(self) -> list[dict[str, Any]]:
+        poll_until(deleted, timeout=self.wait_timeout(), interval=1.0,
+                   timed_out=lambda why: f"volume {disk_id} stayed in use: {why}")
+
+    def list_instances(self) -> list[CloudResource]:
         instances = self._by_tags(**{PROVIDER_TAG[0]: PROVIDER_TAG[1]})
         pages = self.ec2.get_paginator("describe_volumes").paginate(
             Filters=[{"Name": f"tag:{PROVIDER_TAG[0]}", "Values": [PROVIDER_TAG[1]]}])
-        volumes = [v for page in pages for v in page["Volumes"]]
         by_token: dict[str, list[dict[str, Any]]] = {}
-        for volume in volumes:
+        for volume in (v for page in pages for v in page["Volumes"]):
             by_token.setdefault(_tags(volume.get("Tags")).get("spot-token", ""), []).append(volume)
         found, seen_tokens = [], set()
         for inst in instances:
-            tags = _tags((inst or volume).get("Tags"))  # the volume carries the same identity tags
-            token = tags.get("spot-token", "")
-            is_attempt = tags.get(ROLE_TAG) == "attempt"
-            if is_attempt:
-                seen_tokens.add(token)
-            has_disk = is_attempt and bool([v for v in by_token.get(token, []) if all(
-                a.get("Device") != inst.get("RootDeviceName") for a in v["Attachments"])])
-            found.append({**self._facts(inst).to_dict(), "attempt": int(tags.get("spot-attempt", 0)), "tags": tags,
-                          "role": tags.get(ROLE_TAG, "attempt"), "disk": has_disk})
+            tags = _tags(inst.get("Tags"))
+            role = tags.get(ROLE_TAG, ROLE_ATTEMPT)
+            data = []
+            if role == ROLE_ATTEMPT:
+                seen_tokens.add(tags.get("spot-token", ""))
+                data = [v for v in by_token.get(tags.get("spot-token", ""), []) if all(
+                    a.get("Device") != inst.get("RootDeviceName") for a in v["Attachments"])]
+            found.append(CloudResource(tags=tags, role=role, facts=self._facts(inst),
+                                       disk_id=data[0]["VolumeId"] if data else None))
         for token, orphans in by_token.items():
-            if token in seen_tokens:
-                continue
-            for volume in orphans:  # its instance is no longer on record: the volume alone is left
-                tags = _tags(volume.get("Tags"))
-                found.append({"instance_id": None, "volume_id": volume["VolumeId"], "state": "missing",
-                              "attempt": int(tags.get("spot-attempt", 0)), "tags": tags, "role": "volume",
-                              "disk": True, "zone": volume["AvailabilityZone"]})
+            if token not in seen_tokens:  # its instance is no longer on record: the volume alone is left
+                found.extend(CloudResource(tags=_tags(v.get("Tags")), role=ROLE_DISK, disk_id=v["VolumeId"])
+                             for v in orphans)
         return found
-
-    def sweep_delete(self, item: dict[str, Any]) -> None:
-        if item.get("instance_id") is None and item.get("volume_id"):
-            self._delete_volume(item["volume_id"])
-            return
-        super().sweep_delete(item)
 
     def console_url(self, instance_id: str) -> str | None:
         return f"https://console.aws.amazon.com/ec2/home?region={self.region}#InstanceDetails:instanceId={instance_id}"
+
+    def storage_console_url(self, checkpoint_uri: str) -> str | None:
+        bucket, prefix = prefix_parts(checkpoint_uri)
+        return f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={prefix}"
 
     def console_output(self, instance_id: str, tail: int = 20) -> list[str]:
         try:

@@ -1,38 +1,30 @@
-"""The backend interface shared by ``local``, ``aws`` and ``gcp``, and the one place that classifies.
+"""The backend interface shared by ``local``, ``aws`` and ``gcp``.
 
 A backend is a small cloud adapter: launch an attempt (idempotent by token), describe many
 attempts in one call, terminate, recover the dead attempt's disk (backup-save), list what it owns.
-It never decides what an attempt's outcome means: :func:`classify` does, from facts.
+It translates its cloud's words into :class:`~airflow_spot_provider.attempt.InstanceFacts` and never
+decides what an attempt's outcome means: :func:`airflow_spot_provider.attempt.classify` does.
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
-from airflow_spot_provider.checkpoints.store import CheckpointStore
+from airflow_spot_provider.agent.config import AgentConfig
+from airflow_spot_provider.attempt import InstanceFacts, InstanceState
 
+T = TypeVar("T")
 
-class AttemptStatus(str, Enum):
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"  # exit marker with code 0
-    FAILED = "failed"  # non-zero exit and no interruption notice: the user's code failed
-    PREEMPTED = "preempted"  # the cloud took the VM (state reason, or a notice marker)
-    LOST = "lost"  # gone for any other reason: infrastructure failure
-
-    @property
-    def terminal(self) -> bool:
-        return self is not AttemptStatus.RUNNING
-
-
-class InstanceState(str, Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    TERMINATED = "terminated"  # stopped or terminated: it runs nothing any more
-    MISSING = "missing"  # the cloud has no record of it (or its host is gone)
+#: What a resource is to the provider (the ``spot-role`` tag/label on the clouds).
+ROLE_ATTEMPT = "attempt"
+ROLE_HELPER = "backup-save"
+ROLE_DISK = "disk"  # a data disk whose VM is no longer on record
 
 
 @dataclass(frozen=True)
@@ -50,6 +42,15 @@ class JobIdentity:
         """Idempotency token of one attempt (EC2 ``ClientToken``, GCE ``requestId`` source)."""
         raw = "\x1f".join([self.dag_id, self.run_id, self.task_id, str(self.map_index), self.nonce, str(attempt)])
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> JobIdentity | None:
+        """The job a resource's tags name (without the nonce, which is not a tag); None when they name none."""
+        try:
+            return cls(tags["spot-dag-id"], tags["spot-run-id"], tags["spot-task-id"],
+                       int(tags.get("spot-map-index", -1)))
+        except (KeyError, ValueError):
+            return None
 
     def label(self) -> str:
         suffix = f"[{self.map_index}]" if self.map_index >= 0 else ""
@@ -114,31 +115,77 @@ class LaunchRequest:
         """The idempotency token of this launch call (EC2 ``ClientToken``, GCE ``requestId`` source)."""
         return f"{self.token}-{self.launch_try}"
 
+    def agent_config(self, *, instance_id: str, work_dir: str, notice: dict[str, Any],
+                     env: dict[str, str] | None = None) -> AgentConfig:
+        """What the attempt's agent runs: the one translation of a launch request for the agent."""
+        return AgentConfig(
+            attempt=self.attempt, instance_id=instance_id, command=list(self.command),
+            resume_args=list(self.resume_args), env=dict(self.env if env is None else env),
+            checkpoint_uri=self.checkpoint_uri, work_dir=work_dir, checkpoint_pattern=self.checkpoint_pattern,
+            sync_interval=self.sync_interval, notice=notice,
+        )
+
 
 @dataclass(frozen=True)
-class InstanceFacts:
-    """What the cloud says about one attempt's VM. Only facts: no interpretation."""
+class CloudResource:
+    """Something a backend owns, as :meth:`SpotBackend.list_instances` reports it: a VM (an attempt or a
+    backup-save helper) with its data disk if one is left, or a data disk alone (``facts`` None)."""
 
-    instance_id: str
-    state: InstanceState
-    reason: str = ""  # cloud's own words (e.g. Server.SpotInstanceTermination)
-    preempted: bool = False  # the cloud says it reclaimed the VM
-    zone: str | None = None
-    instance_type: str | None = None
-    market: str = "spot"
-    launched_at: float | None = None
-    ended_at: float | None = None
-    price_per_hour: float | None = None
-    on_demand_price_per_hour: float | None = None
+    tags: dict[str, str]
+    role: str = ROLE_ATTEMPT
+    facts: InstanceFacts | None = None
+    #: The attempt's data disk while it exists (EC2 volume id, GCE ``zone/name``, the local instance id).
+    disk_id: str | None = None
+
+    @property
+    def instance_id(self) -> str | None:
+        return self.facts.instance_id if self.facts else None
+
+    @property
+    def state(self) -> InstanceState:
+        return self.facts.state if self.facts else InstanceState.MISSING
+
+    @property
+    def running(self) -> bool:
+        return self.state in (InstanceState.PENDING, InstanceState.RUNNING)
+
+    @property
+    def has_disk(self) -> bool:
+        return self.disk_id is not None
+
+    @property
+    def attempt(self) -> int:
+        try:
+            return int(self.tags.get("spot-attempt", 0))
+        except ValueError:
+            return 0
+
+    @property
+    def job(self) -> JobIdentity | None:
+        return JobIdentity.from_tags(self.tags)
+
+    def describe(self) -> str:
+        if self.facts is None:
+            return f"data disk {self.disk_id}"
+        if self.running:
+            return f"{self.state.value} {self.role} {self.instance_id}"
+        return f"disk of {self.role} {self.instance_id} ({self.state.value})"
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
+        return {"role": self.role, "attempt": self.attempt, "tags": self.tags, "disk_id": self.disk_id,
+                **(self.facts.to_dict() if self.facts else {"instance_id": None, "state": self.state.value})}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> InstanceFacts:
-        return cls(**{**data, "state": InstanceState(data["state"])})
+
+@dataclass(frozen=True)
+class BackupSaveRequest:
+    """Copy what a dead attempt's disk holds beyond the store (:meth:`SpotBackend.backup_save`)."""
+
+    instance_id: str
+    attempt: int
+    checkpoint_uri: str
+    checkpoint_pattern: str
+    #: The attempt's token from the ledger: finds the disk even after the cloud has forgotten the VM.
+    token: str | None = None
 
 
 @dataclass
@@ -154,52 +201,8 @@ class BackupSaveResult:
     #: The copy failed: the disk is kept (never released) so nothing is lost; a retry tries again.
     error: str | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BackupSaveResult:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Classification:
-    status: AttemptStatus
-    reason: str
-    exit_code: int | None = None
-
-
-def classify(facts: InstanceFacts, markers: dict[str, dict[str, Any]]) -> Classification:
-    """Decide an attempt's status from cloud facts and the agent's markers, never from silence.
-
-    Order matters: a clean exit wins over a later reclaim; a notice or a cloud preemption reason
-    means preempted; a non-zero exit without either is the user's failure; a VM that is gone with
-    none of these is lost.
-    """
-    exit_marker = markers.get("exit")
-    code = exit_marker.get("code") if exit_marker else None
-    noticed = "notice" in markers
-    if exit_marker and exit_marker.get("error"):
-        return Classification(AttemptStatus.FAILED, f"agent error: {exit_marker['error']}", code)
-    if exit_marker and code == 0:
-        return Classification(AttemptStatus.SUCCEEDED, "exit code 0", 0)
-    gone = facts.state in (InstanceState.TERMINATED, InstanceState.MISSING)
-    if facts.preempted and (gone or exit_marker):
-        return Classification(AttemptStatus.PREEMPTED, facts.reason or "preempted", code)
-    if noticed and (gone or exit_marker):
-        reason = f"interruption notice ({facts.reason})" if facts.reason else "interruption notice"
-        return Classification(AttemptStatus.PREEMPTED, reason, code)
-    if exit_marker:
-        return Classification(AttemptStatus.FAILED, f"exit code {code}", code)
-    if gone and "started" not in markers and "InstanceInitiatedShutdown" in facts.reason:
-        # The VM powered itself off before the agent even started: its boot failed (a missing Python, a
-        # failed pip install). Relaunching would fail the same way: a user failure, not a lost VM.
-        return Classification(AttemptStatus.FAILED, f"the VM shut down before the agent started ({facts.reason}): "
-                              "check its console output", None)
-    if gone:
-        return Classification(AttemptStatus.LOST, facts.reason or f"instance {facts.state.value}", None)
-    return Classification(AttemptStatus.RUNNING, "", None)
 
 
 class SpotBackend(abc.ABC):
@@ -210,8 +213,10 @@ class SpotBackend(abc.ABC):
     #: cloud APIs are eventually consistent right after a launch.
     missing_grace: float = 0.0
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, conn_id: str | None = None, **options: Any) -> None:
         self.options = options
+        #: The Airflow connection of the cloud API and of the checkpoint store (None: the defaults).
+        self.conn_id = conn_id
 
     # -- worker side ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -227,13 +232,11 @@ class SpotBackend(abc.ABC):
         """Stop the VM for good (idempotent). Its checkpoint disk survives for backup-save."""
 
     @abc.abstractmethod
-    def backup_save(self, instance_id: str, store: CheckpointStore, attempt: int,
-                    checkpoint_pattern: str, token: str | None = None) -> BackupSaveResult:
+    def backup_save(self, request: BackupSaveRequest) -> BackupSaveResult:
         """Copy new and changed files from the dead attempt's disk to the store.
 
         Either done at once (local), or started on a helper VM (``helper_id`` set): then a
-        :class:`~airflow_spot_provider.triggers.backup_save.BackupSaveTrigger` waits for it. ``token`` is
-        the attempt's token from the ledger: it finds the disk even when the cloud has forgotten the VM.
+        :class:`~airflow_spot_provider.triggers.backup_save.BackupSaveTrigger` waits for it.
         """
 
     def finish_backup_save(self, instance_id: str, helper_id: str, marker: dict[str, Any] | None) -> BackupSaveResult:
@@ -257,13 +260,21 @@ class SpotBackend(abc.ABC):
             self.release(instance_id, token=token)
 
     @abc.abstractmethod
-    def list_instances(self) -> list[dict[str, Any]]:
-        """Every attempt this backend knows of, live or not, with its tags (for status and sweep)."""
+    def list_instances(self) -> list[CloudResource]:
+        """Everything this backend owns, live or not, with its tags (for status and sweep)."""
 
-    def sweep_delete(self, item: dict[str, Any]) -> None:
+    def sweep_delete(self, resource: CloudResource) -> None:
         """Remove one leftover that :meth:`list_instances` reported (the ``sweep`` command)."""
-        self.terminate(item["instance_id"])
-        self.release(item["instance_id"])
+        if resource.instance_id is None:
+            if resource.disk_id is not None:
+                self.delete_disk(resource.disk_id)
+            return
+        self.terminate(resource.instance_id)
+        self.release(resource.instance_id, token=resource.tags.get("spot-token"))
+
+    def delete_disk(self, disk_id: str) -> None:
+        """Delete a data disk whose VM is no longer on record."""
+        raise NotImplementedError(f"the {self.name} backend keeps no disks without their VM")
 
     def validate_machine(self, machine: Any) -> None:
         """Reject machine settings this backend cannot satisfy (called at DAG parse time)."""
@@ -272,6 +283,14 @@ class SpotBackend(abc.ABC):
     def console_url(self, instance_id: str) -> str | None:
         """The cloud console page of an instance (the task's "Spot attempt" link)."""
         return None
+
+    def storage_console_url(self, checkpoint_uri: str) -> str | None:
+        """The cloud console page of a checkpoint prefix (the task's "Checkpoints" link)."""
+        return None
+
+    def wait_timeout(self) -> float:
+        """Seconds a blocking call (terminate, delete) waits for the cloud (``backend_options.wait_timeout``)."""
+        return float(self.options.get("wait_timeout", 300))
 
     def console_output(self, instance_id: str, tail: int = 20) -> list[str]:
         """The last lines the attempt printed, if the cloud keeps them."""
@@ -292,3 +311,23 @@ class SpotBackend(abc.ABC):
 
     def serialize(self) -> dict[str, Any]:
         return {"name": self.name, "options": self.options}
+
+
+def poll_until(check: Callable[[], tuple[bool, T]], *, timeout: float, interval: float,
+               timed_out: Callable[[T], str]) -> T:
+    """Call ``check`` until it says done (``(True, value)``), every ``interval`` seconds; after ``timeout``
+    seconds raise :class:`TimeoutError` with ``timed_out(last value)``. The one wait loop of the backends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, value = check()
+        if done:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(timed_out(value))
+        time.sleep(interval)
+
+
+def prefix_parts(uri: str) -> tuple[str, str]:
+    """``scheme://bucket/some/prefix`` -> (bucket, ``some/prefix/``), for console URLs."""
+    bucket, _, prefix = uri.partition("://")[2].partition("/")
+    return quote(bucket), quote(prefix.rstrip("/") + "/" if prefix.strip("/") else "")

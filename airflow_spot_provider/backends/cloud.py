@@ -1,14 +1,18 @@
-"""What the cloud backends (aws, gcp) share: their options' common checks, the boot script of an
-attempt, and the reading of a backup-save helper's marker."""
+"""What the cloud backends (aws, gcp) share: their options' common checks, the boot scripts of an attempt
+and of a backup-save helper, and the reading of a helper's marker."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
-from airflow_spot_provider.agent.config import AgentConfig
-from airflow_spot_provider.backends.base import BackupSaveResult, LaunchRequest, SpotBackend
-from airflow_spot_provider.backends.bootstrap import attempt_script, default_agent_install
+from airflow_spot_provider.agent.backup import BackupConfig
+from airflow_spot_provider.backends.base import BackupSaveRequest, BackupSaveResult, LaunchRequest, SpotBackend
+from airflow_spot_provider.backends.bootstrap import attempt_script, backup_script, default_agent_install
 from airflow_spot_provider.spec import number
+
+#: Where a VM's boot script mounts the data disk, relative to the agent's directory (``$SPOT_ROOT``).
+VM_DATA_DIR = "data"
 
 
 def validate_common_options(options: dict[str, Any], price_keys: tuple[str, ...]) -> None:
@@ -44,17 +48,21 @@ class CloudBackend(SpotBackend):
         install = self.options.get("agent_install")
         return default_agent_install(self.store_package) if install is None else install
 
+    def python(self) -> str:
+        return self.options.get("python", "python3")
+
     def boot_script(self, request: LaunchRequest) -> str:
         """The attempt's boot script (EC2 user data, GCE startup-script): no secrets, every value quoted."""
-        agent = AgentConfig(
-            attempt=request.attempt, instance_id=request.token, command=list(request.command),
-            resume_args=list(request.resume_args), env=dict(request.env), checkpoint_uri=request.checkpoint_uri,
-            work_dir="data", checkpoint_pattern=request.checkpoint_pattern, sync_interval=request.sync_interval,
-            notice=self.notice_source(),
-        )
-        config = {k: v for k, v in agent.__dict__.items() if k != "work_dir"}
-        return attempt_script(config, python=self.options.get("python", "python3"), devices=self.vm_devices,
+        agent = request.agent_config(instance_id=request.token, work_dir=VM_DATA_DIR, notice=self.notice_source())
+        return attempt_script(asdict(agent), python=self.python(), devices=self.vm_devices,
                               agent_install=self.agent_install(), requirements=self.options.get("requirements", []))
+
+    def helper_script(self, request: BackupSaveRequest) -> str:
+        """A backup-save helper's boot script: mount the dead attempt's disk read-only, copy it, power off."""
+        config = BackupConfig(checkpoint_uri=request.checkpoint_uri, attempt=request.attempt,
+                              checkpoint_pattern=request.checkpoint_pattern, data_dir=VM_DATA_DIR)
+        return backup_script(asdict(config), python=self.python(), devices=self.vm_devices,
+                             agent_install=self.agent_install())
 
     @staticmethod
     def backup_result(helper_id: str, marker: dict[str, Any] | None) -> BackupSaveResult:

@@ -26,22 +26,25 @@ import hashlib
 import json
 import re
 import threading
-import time
 import uuid
 from datetime import datetime
 from typing import Any
 
+from airflow_spot_provider.attempt import InstanceFacts, InstanceState
 from airflow_spot_provider.backends.base import (
+    ROLE_ATTEMPT,
+    ROLE_DISK,
+    ROLE_HELPER,
+    BackupSaveRequest,
     BackupSaveResult,
-    InstanceFacts,
-    InstanceState,
+    CloudResource,
     LaunchError,
     LaunchRequest,
+    poll_until,
+    prefix_parts,
 )
-from airflow_spot_provider.backends.bootstrap import backup_script
 from airflow_spot_provider.backends.cloud import CloudBackend, validate_common_options
 from airflow_spot_provider.backends.gcp_pricing import on_demand_price, spot_price
-from airflow_spot_provider.checkpoints.store import CheckpointStore
 from airflow_spot_provider.spec import check_keys
 
 OPTIONS = (
@@ -62,6 +65,8 @@ DATA_DEVICE = "spot-data"
 VM_DEVICES = ("/dev/disk/by-id/google-spot-data",)
 PROVIDER_LABEL = ("spot-provider", "airflow-spot-provider")
 ROLE_LABEL = "spot-role"
+#: The role label of an attempt's data disk.
+DATA_ROLE = "data"
 DESCRIPTION_KEY = "airflow-spot-provider"
 PREEMPTED_OP = "compute.instances.preempted"
 HOST_ERROR_OP = "compute.instances.hostError"
@@ -179,8 +184,7 @@ class GcpBackend(CloudBackend):
 
     def __init__(self, conn_id: str | None = None, **options: Any) -> None:
         validate_options(options)
-        super().__init__(**options)
-        self.conn_id = conn_id or "google_cloud_default"
+        super().__init__(conn_id=conn_id or "google_cloud_default", **options)
         self._clients: dict[str, Any] = {}
         self._credentials: Any = None
         self._project: str | None = options.get("project_id")
@@ -229,10 +233,6 @@ class GcpBackend(CloudBackend):
     @property
     def zone_operations(self) -> Any:
         return self._client("ZoneOperationsClient")
-
-    @property
-    def _timeout(self) -> float:
-        return float(self.options.get("wait_timeout", 300))
 
     def poll_key(self) -> tuple[str, ...]:
         return (self.name, self.conn_id, self.options.get("project_id") or "")
@@ -302,9 +302,9 @@ class GcpBackend(CloudBackend):
         description = json.dumps({DESCRIPTION_KEY: {"tags": tags, "image": request.image}}, sort_keys=True)
         data_disk = {"device_name": DATA_DEVICE, "auto_delete": False, "initialize_params": {
             "disk_name": data_disk_name(name), "disk_size_gb": request.disk_gb, "description": description,
-            "labels": identity_labels(tags, "data")}}
+            "labels": identity_labels(tags, DATA_ROLE)}}
         return self._vm_body(name, request.zone, request.instance_type, spot=request.market == "spot",
-                             labels=identity_labels(tags, "attempt"), description=description, image=request.image,
+                             labels=identity_labels(tags, ROLE_ATTEMPT), description=description, image=request.image,
                              script=self.boot_script(request), data_disk=data_disk)
 
     # -- worker side ---------------------------------------------------------------------------
@@ -319,7 +319,7 @@ class GcpBackend(CloudBackend):
         try:
             operation = self.instances.insert(request={"project": self.project, "zone": request.zone,
                                                        "instance_resource": body, "request_id": rid})
-            operation.result(timeout=self._timeout)
+            operation.result(timeout=self.wait_timeout())
         except exceptions.Conflict:
             pass  # the name exists: an earlier call of this launch try created it (found below)
         except exceptions.GoogleAPICallError as err:
@@ -339,7 +339,8 @@ class GcpBackend(CloudBackend):
         return [(_last(scope), inst) for scope, scoped in pages for inst in scoped.instances]
 
     def find(self, request: LaunchRequest) -> InstanceFacts | None:
-        found = self._aggregated_instances(f'labels.spot-token = "{request.token}" AND labels.{ROLE_LABEL} = "attempt"')
+        found = self._aggregated_instances(
+            f'labels.spot-token = "{request.token}" AND labels.{ROLE_LABEL} = "{ROLE_ATTEMPT}"')
         if not found:
             return None
         zone, newest = max(found, key=lambda item: _epoch(item[1].creation_timestamp) or 0)
@@ -369,34 +370,34 @@ class GcpBackend(CloudBackend):
             else "on-demand"
         machine_type = _last(inst.machine_type)
         gone = state is InstanceState.TERMINATED
+        # No preempted/host-error operation and no message: the guest powered itself off (GCE gives no reason
+        # code for that), so a VM that stopped before its agent started counts as a failed boot.
+        guest_shutdown = gone and not reason and not inst.status_message
         if not reason and gone:
-            # No preempted/host-error operation: the guest powered itself off (GCE gives no reason code for
-            # it). Named as on EC2, so a VM that stopped before its agent started counts as a failed boot.
-            reason = inst.status_message or f"InstanceInitiatedShutdown (status {status}, no preemption or host error)"
+            reason = inst.status_message or f"stopped by its guest (status {status}, no preemption or host error)"
         on_demand = on_demand_price(machine_type, self.options.get("on_demand_prices")) if priced else None
         price = None
         if priced:
             price = spot_price(machine_type, self.options.get("spot_prices")) if market == "spot" else on_demand
         return InstanceFacts(
-            instance_id=f"{zone}/{inst.name}", state=state, reason=reason, preempted=preempted, zone=zone,
+            instance_id=f"{zone}/{inst.name}", state=state, reason=reason, preempted=preempted,
+            guest_shutdown=guest_shutdown, zone=zone,
             instance_type=machine_type, market=market, launched_at=_epoch(inst.creation_timestamp),
             ended_at=_epoch(inst.last_stop_timestamp) if gone else None, price_per_hour=price,
             on_demand_price_per_hour=on_demand,
         )
 
     def _wait_op(self, operation: Any) -> None:
-        operation.result(timeout=self._timeout)
+        operation.result(timeout=self.wait_timeout())
 
     def _wait_status(self, zone: str, name: str, statuses: tuple[str, ...]) -> Any | None:
         """Poll until the instance has one of ``statuses`` (or is gone: None)."""
-        deadline = time.monotonic() + self._timeout
-        while True:
+        def reached() -> tuple[bool, Any | None]:
             inst = self._get(zone, name)
-            if inst is None or inst.status in statuses:
-                return inst
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{zone}/{name} did not reach {'/'.join(statuses)} in time (it is {inst.status})")
-            time.sleep(0.5)
+            return inst is None or inst.status in statuses, inst
+
+        return poll_until(reached, timeout=self.wait_timeout(), interval=0.5, timed_out=lambda inst: (
+            f"{zone}/{name} did not reach {'/'.join(statuses)} in time (it is {inst.status})"))
 
     def terminate(self, instance_id: str) -> None:
         from google.api_core import exceptions
@@ -405,7 +406,7 @@ class GcpBackend(CloudBackend):
         inst = self._get(zone, name)
         if inst is None:
             return
-        if inst.labels.get(ROLE_LABEL) == "backup-save":
+        if inst.labels.get(ROLE_LABEL) == ROLE_HELPER:
             self._delete_instance(zone, name)  # a helper holds nothing worth keeping
             return
         if inst.status not in GONE_STATUSES:
@@ -423,10 +424,10 @@ class GcpBackend(CloudBackend):
         inst = self._get(zone, name)
         if inst is None:
             if not keep_disk:  # the VM is gone: its data disk alone is left
-                self._delete_disk(zone, data_disk_name(name))
+                self.delete_disk(f"{zone}/{data_disk_name(name)}")
             return
         # Never through a helper: the disk it reads is attached to it under the same device name.
-        owns_disk = not keep_disk and inst.labels.get(ROLE_LABEL) == "attempt"
+        owns_disk = not keep_disk and inst.labels.get(ROLE_LABEL) == ROLE_ATTEMPT
         if owns_disk and not self._auto_delete_data_disk(zone, inst):
             super().cancel(instance_id, token)  # being stopped, or the disk is elsewhere: wait
             return
@@ -434,7 +435,7 @@ class GcpBackend(CloudBackend):
             self.instances.delete(project=self.project, zone=zone, instance=name)
         except exceptions.NotFound:
             if owns_disk:  # deleted meanwhile, maybe before autoDelete applied
-                self._delete_disk(zone, data_disk_name(name))
+                self.delete_disk(f"{zone}/{data_disk_name(name)}")
 
     def _auto_delete_data_disk(self, zone: str, inst: Any) -> bool:
         """Make the attempt's data disk go with its VM; False when GCE cannot (detached, VM stopping or gone)."""
@@ -478,14 +479,13 @@ class GcpBackend(CloudBackend):
                 except (exceptions.NotFound, exceptions.BadRequest):
                     pass  # detached meanwhile
 
-    def backup_save(self, instance_id: str, store: CheckpointStore, attempt: int,
-                    checkpoint_pattern: str, token: str | None = None) -> BackupSaveResult:
-        zone, name = split_id(instance_id)
+    def backup_save(self, request: BackupSaveRequest) -> BackupSaveResult:
+        zone, name = split_id(request.instance_id)
         disk = self._get_disk(zone, data_disk_name(name))
         if disk is None:
             return BackupSaveResult(skipped=True, reason="no data disk left to read")
-        self.terminate(instance_id)  # never read a disk a live VM still writes
-        helper = self._helper(zone, name, disk, store, attempt, checkpoint_pattern)
+        self.terminate(request.instance_id)  # never read a disk a live VM still writes
+        helper = self._helper(zone, name, disk, request)
         # GCE refuses a disk attached read-write elsewhere: take it from the stopped VM first.
         self._detach(disk, keep=helper.self_link)
         helper = self._wait_status(zone, helper.name, ("RUNNING",) + GONE_STATUSES)
@@ -499,8 +499,7 @@ class GcpBackend(CloudBackend):
                                         "auto_delete": False}))
         return BackupSaveResult(helper_id=f"{zone}/{helper.name}")
 
-    def _helper(self, zone: str, name: str, disk: Any, store: CheckpointStore, attempt: int,
-                checkpoint_pattern: str) -> Any:
+    def _helper(self, zone: str, name: str, disk: Any, request: BackupSaveRequest) -> Any:
         """A small on-demand VM in the disk's zone that copies the disk to the store (idempotent by name)."""
         from google.api_core import exceptions
 
@@ -511,19 +510,15 @@ class GcpBackend(CloudBackend):
         if existing is not None:  # a helper from an earlier round that ended: start afresh
             self._delete_instance(zone, hname)
         described = _described(disk.description)
-        config = {"checkpoint_uri": store.fs.unstrip_protocol(store.root), "attempt": attempt,
-                  "checkpoint_pattern": checkpoint_pattern}
-        script = backup_script(config, python=self.options.get("python", "python3"), devices=VM_DEVICES,
-                               agent_install=self.agent_install())
         labels = {k: v for k, v in disk.labels.items() if k != ROLE_LABEL}
         body = self._vm_body(hname, zone, self.options.get("helper_machine_type", "e2-small"), spot=False,
-                             labels={**labels, ROLE_LABEL: "backup-save"}, description=disk.description,
+                             labels={**labels, ROLE_LABEL: ROLE_HELPER}, description=disk.description,
                              image=self.options.get("helper_image") or described.get("image") or DEFAULT_IMAGE,
-                             script=script, data_disk=None)
+                             script=self.helper_script(request), data_disk=None)
         try:
             self._wait_op(self.instances.insert(request={
                 "project": self.project, "zone": zone, "instance_resource": body,
-                "request_id": request_id(hname, disk.last_detach_timestamp or "", str(attempt))}))
+                "request_id": request_id(hname, disk.last_detach_timestamp or "", str(request.attempt))}))
         except exceptions.Conflict:
             pass  # inserted by an earlier call
         inst = self._get(zone, hname)
@@ -539,66 +534,61 @@ class GcpBackend(CloudBackend):
     def release(self, instance_id: str, token: str | None = None) -> None:
         zone, name = split_id(instance_id)
         self._delete_instance(zone, name)  # its boot disk goes with it (autoDelete)
-        self._delete_disk(zone, data_disk_name(name))
+        self.delete_disk(f"{zone}/{data_disk_name(name)}")
 
-    def _delete_disk(self, zone: str, name: str) -> None:
+    def delete_disk(self, disk_id: str) -> None:
         from google.api_core import exceptions
 
-        deadline = time.monotonic() + self._timeout
-        while True:
+        zone, name = split_id(disk_id)
+
+        def deleted() -> tuple[bool, str]:
             disk = self._get_disk(zone, name)
             if disk is None:
-                return
+                return True, ""
             self._detach(disk)
             try:
                 self._wait_op(self.disks.delete(project=self.project, zone=zone, disk=name))
-                return
             except exceptions.NotFound:
-                return
-            except exceptions.BadRequest:
-                if time.monotonic() > deadline:  # still in use: a detach is in flight
-                    raise
-            time.sleep(0.5)
+                pass
+            except exceptions.BadRequest as err:  # still in use: a detach is in flight
+                return False, str(err)
+            return True, ""
 
-    def list_instances(self) -> list[dict[str, Any]]:
+        poll_until(deleted, timeout=self.wait_timeout(), interval=0.5,
+                   timed_out=lambda why: f"disk {disk_id} stayed in use: {why}")
+
+    def list_instances(self) -> list[CloudResource]:
         provider = f'labels.{PROVIDER_LABEL[0]} = "{PROVIDER_LABEL[1]}"'
         instances = self._aggregated_instances(provider)
         pages = self.disks.aggregated_list(request={"project": self.project,
-                                                    "filter": f'{provider} AND labels.{ROLE_LABEL} = "data"'})
-        disks = {(_last(scope), disk.name): disk for scope, scoped in pages for disk in scoped.disks}
+                                                    "filter": f'{provider} AND labels.{ROLE_LABEL} = "{DATA_ROLE}"'})
+        disks = {f"{_last(scope)}/{disk.name}": disk for scope, scoped in pages for disk in scoped.disks}
         found, owned = [], set()
         for zone, inst in instances:
-            role = inst.labels.get(ROLE_LABEL, "attempt")
-            key = (zone, data_disk_name(inst.name))
-            if role == "attempt":
-                owned.add(key)
-            found.append({**self._facts(inst, zone).to_dict(), "attempt": int(inst.labels.get("spot-attempt", 0)),
-                          "tags": self._tags(inst.labels, inst.description), "role": role,
-                          "disk": role == "attempt" and key in disks})
-        for (zone, name), disk in disks.items():
-            if (zone, name) in owned:
-                continue
-            # Its VM is no longer on record: the data disk alone is left.
-            found.append({"instance_id": None, "disk_id": f"{zone}/{name}", "state": "missing",
-                          "attempt": int(disk.labels.get("spot-attempt", 0)), "role": "disk", "disk": True,
-                          "tags": self._tags(disk.labels, disk.description), "zone": zone})
+            role = inst.labels.get(ROLE_LABEL, ROLE_ATTEMPT)
+            disk_id = f"{zone}/{data_disk_name(inst.name)}"
+            if role == ROLE_ATTEMPT:
+                owned.add(disk_id)
+            found.append(CloudResource(tags=self._tags(inst.labels, inst.description), role=role,
+                                       facts=self._facts(inst, zone),
+                                       disk_id=disk_id if role == ROLE_ATTEMPT and disk_id in disks else None))
+        # A data disk whose VM is no longer on record is left alone.
+        found.extend(CloudResource(tags=self._tags(disk.labels, disk.description), role=ROLE_DISK, disk_id=disk_id)
+                     for disk_id, disk in disks.items() if disk_id not in owned)
         return found
 
     @staticmethod
     def _tags(labels: Any, description: str) -> dict[str, str]:
         return {**dict(labels), **(_described(description).get("tags") or {})}
 
-    def sweep_delete(self, item: dict[str, Any]) -> None:
-        if item.get("instance_id") is None and item.get("disk_id"):
-            zone, name = split_id(item["disk_id"])
-            self._delete_disk(zone, name)
-            return
-        super().sweep_delete(item)
-
     def console_url(self, instance_id: str) -> str | None:
         zone, name = split_id(instance_id)
         return (f"https://console.cloud.google.com/compute/instancesDetail/zones/{zone}/instances/{name}"
                 f"?project={self.project}")
+
+    def storage_console_url(self, checkpoint_uri: str) -> str | None:
+        bucket, prefix = prefix_parts(checkpoint_uri)
+        return f"https://console.cloud.google.com/storage/browser/{bucket}/{prefix}"
 
     def console_output(self, instance_id: str, tail: int = 20) -> list[str]:
         from google.api_core import exceptions

@@ -27,17 +27,17 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from airflow_spot_provider.agent.config import AgentConfig
+from airflow_spot_provider.attempt import InstanceFacts, InstanceState, Marker
 from airflow_spot_provider.backends.base import (
+    BackupSaveRequest,
     BackupSaveResult,
-    InstanceFacts,
-    InstanceState,
+    CloudResource,
     LaunchError,
     LaunchRequest,
     SpotBackend,
 )
-from airflow_spot_provider.backends.local_market import read_json, write_json
-from airflow_spot_provider.checkpoints.store import CheckpointStore
+from airflow_spot_provider.backends.local_market import REASON_SHUTDOWN, read_json, write_json
+from airflow_spot_provider.checkpoints.objectstorage import store_for
 from airflow_spot_provider.checkpoints.sync import DirectorySync
 from airflow_spot_provider.spec import check_keys, number
 
@@ -111,9 +111,9 @@ def _alive(pid: int | None) -> bool:
 class LocalBackend(SpotBackend):
     name = "local"
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, conn_id: str | None = None, **options: Any) -> None:
         validate_options(options)
-        super().__init__(**options)
+        super().__init__(conn_id=conn_id, **options)
         self.state_dir = Path(options.get("state_dir") or default_state_dir())
         self.instances = self.state_dir / "instances"
         self.prices = {**DEFAULT_PRICES, **(options.get("prices") or {})}
@@ -156,13 +156,8 @@ class LocalBackend(SpotBackend):
         instance_type = request.instance_type or DEFAULT_TYPE
         price = self.prices.get(instance_type, self.prices[DEFAULT_TYPE])
         env = self.job_env(request.env)
-        agent = AgentConfig(
-            attempt=request.attempt, instance_id=instance_id, command=list(request.command),
-            resume_args=list(request.resume_args), env=env, checkpoint_uri=request.checkpoint_uri,
-            work_dir=str(path / "disk"), checkpoint_pattern=request.checkpoint_pattern,
-            sync_interval=request.sync_interval,
-            notice={"source": "file", "path": str(path / "metadata" / "spot-notice.json")},
-        )
+        agent = request.agent_config(instance_id=instance_id, work_dir=str(path / "disk"), env=env, notice={
+            "source": "file", "path": str(path / "metadata" / "spot-notice.json")})
         (staging / "agent.json").write_text(agent.to_json())
         write_json(staging / "instance.json", {
             "instance_id": instance_id, "token": request.token, "attempt": request.attempt,
@@ -226,13 +221,15 @@ class LocalBackend(SpotBackend):
         state = read_json(path / "state.json") or {}
         if spec is None:
             return InstanceFacts(instance_id, InstanceState.MISSING, reason="Local.NoSuchInstance")
-        raw = state.get("state", "pending")
+        raw = state.get("state", InstanceState.PENDING.value)
         reason = state.get("reason", "")
-        if raw in ("pending", "running") and state.get("host_pid") and not _alive(state["host_pid"]):
-            raw, reason = "missing", "Local.HostLost"
+        if raw in (InstanceState.PENDING, InstanceState.RUNNING) and state.get("host_pid") \
+                and not _alive(state["host_pid"]):
+            raw, reason = InstanceState.MISSING.value, "Local.HostLost"
         return InstanceFacts(
             instance_id=instance_id, state=InstanceState(raw), reason=reason,
-            preempted=bool(state.get("preempted")), zone=spec["zone"], instance_type=spec["instance_type"],
+            preempted=bool(state.get("reclaimed")), guest_shutdown=reason == REASON_SHUTDOWN,
+            zone=spec["zone"], instance_type=spec["instance_type"],
             market=spec["market"], launched_at=spec["launched_at"],
             ended_at=state.get("ended_at"), price_per_hour=spec["price_per_hour"],
             on_demand_price_per_hour=spec["on_demand_price_per_hour"],
@@ -241,7 +238,7 @@ class LocalBackend(SpotBackend):
     def terminate(self, instance_id: str) -> None:
         path = self._dir(instance_id)
         state = read_json(path / "state.json")
-        if state is None or state.get("state") == "terminated":
+        if state is None or state.get("state") == InstanceState.TERMINATED:
             return
         (path / "control").mkdir(exist_ok=True)
         (path / "control" / "terminate").touch()
@@ -249,13 +246,14 @@ class LocalBackend(SpotBackend):
         while _alive(state.get("host_pid")) and time.monotonic() < deadline:
             time.sleep(0.05)
         state = read_json(path / "state.json") or {}
-        if state.get("state") != "terminated":  # the host is gone: kill the "VM" ourselves
+        if state.get("state") != InstanceState.TERMINATED:  # the host is gone: kill the "VM" ourselves
             if state.get("agent_pgid"):
                 try:
                     os.killpg(state["agent_pgid"], 9)
                 except ProcessLookupError:
                     pass
-            state.update(state="terminated", reason=state.get("reason") or "Local.HostLost", ended_at=time.time())
+            state.update(state=InstanceState.TERMINATED.value, reason=state.get("reason") or "Local.HostLost",
+                         ended_at=time.time())
             write_json(path / "state.json", state)
 
     def preempt(self, instance_id: str, notice: bool = True, grace: float | None = None) -> None:
@@ -263,34 +261,30 @@ class LocalBackend(SpotBackend):
         path = self._dir(instance_id)
         if not (path / "state.json").exists():
             raise ValueError(f"no local instance {instance_id}")
-        request: dict[str, Any] = {"notice": notice}
+        request: dict[str, Any] = {"warn": notice}
         if grace is not None:
             request["grace"] = grace
         (path / "control").mkdir(exist_ok=True)
         write_json(path / "control" / "preempt", request)
 
-    def backup_save(self, instance_id: str, store: CheckpointStore, attempt: int,
-                    checkpoint_pattern: str, token: str | None = None) -> BackupSaveResult:
-        disk = self._dir(instance_id) / "disk" / "checkpoints"
+    def backup_save(self, request: BackupSaveRequest) -> BackupSaveResult:
+        disk = self._dir(request.instance_id) / "disk" / "checkpoints"
         if not disk.is_dir():
             return BackupSaveResult(skipped=True, reason="the attempt's disk is already released")
-        result = DirectorySync(disk, store, attempt, checkpoint_pattern).sync("backup-save")
+        store = store_for(request.checkpoint_uri, self.conn_id)
+        result = DirectorySync(disk, store, request.attempt, request.checkpoint_pattern).sync(Marker.BACKUP_SAVE.value)
         return BackupSaveResult(uploaded=result.uploaded, bytes=result.bytes, latest=result.latest)
 
     def release(self, instance_id: str, token: str | None = None) -> None:
         shutil.rmtree(self._dir(instance_id) / "disk", ignore_errors=True)
 
-    def list_instances(self) -> list[dict[str, Any]]:
+    def list_instances(self) -> list[CloudResource]:
         found = []
         for path in sorted(self.instances.glob("i-local-*")) if self.instances.is_dir() else []:
             spec = read_json(path / "instance.json")
-            if spec is None:
-                continue
-            facts = self._facts(path.name)
-            found.append({
-                **facts.to_dict(), "attempt": spec["attempt"], "tags": spec["tags"],
-                "disk": (path / "disk").is_dir(),
-            })
+            if spec is not None:  # the disk is the instance's own directory: it goes with the instance id
+                found.append(CloudResource(tags=spec["tags"], facts=self._facts(path.name),
+                                           disk_id=path.name if (path / "disk").is_dir() else None))
         return found
 
     def console_output(self, instance_id: str, tail: int = 20) -> list[str]:

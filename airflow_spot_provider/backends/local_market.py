@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airflow_spot_provider.attempt import InstanceState
 from airflow_spot_provider.checkpoints.latest import checkpoint_step, compile_pattern
+
+TERMINATED = InstanceState.TERMINATED.value
 
 TICK = 0.1
 REASON_PREEMPTED = "Local.SpotInterruption"
@@ -99,7 +102,7 @@ class Host:
     def _end(self, agent: subprocess.Popen, reason: str, preempted: bool) -> None:
         self._kill(agent.pid)
         agent.wait()
-        self._save(state="terminated", reason=reason, preempted=preempted, ended_at=time.time(),
+        self._save(state=TERMINATED, reason=reason, reclaimed=preempted, ended_at=time.time(),
                    agent_exit_code=agent.returncode)
 
     def _boot(self, seconds: float) -> bool:
@@ -108,8 +111,8 @@ class Host:
         while time.time() < booted_at:
             if (self.control / "terminate").exists() or (self.control / "preempt").exists():
                 preempted = not (self.control / "terminate").exists()
-                self._save(state="terminated", reason=REASON_PREEMPTED if preempted else REASON_TERMINATED,
-                           preempted=preempted, ended_at=time.time())
+                self._save(state=TERMINATED, reason=REASON_PREEMPTED if preempted else REASON_TERMINATED,
+                           reclaimed=preempted, ended_at=time.time())
                 return False
             time.sleep(TICK)
         return True
@@ -139,7 +142,7 @@ class Host:
                 stderr=subprocess.STDOUT, start_new_session=True,  # the VM: one process group
             )
         started = time.time()
-        self._save(state="running", host_pid=os.getpid(), agent_pgid=agent.pid, started_at=started)
+        self._save(state=InstanceState.RUNNING.value, host_pid=os.getpid(), agent_pgid=agent.pid, started_at=started)
         plan = scheduled_preemption(market, self.spec["attempt"]) if self.spec["market"] == "spot" else None
         deadline: float | None = None
         while True:
@@ -148,18 +151,18 @@ class Host:
                 # The agent finished and the VM powers itself off; after a notice, the market had it anyway.
                 noticed = deadline is not None
                 self._kill(agent.pid)  # powering off ends whatever the job left running
-                self._save(state="terminated", reason=REASON_PREEMPTED if noticed else REASON_SHUTDOWN,
-                           preempted=noticed, ended_at=now, agent_exit_code=agent.returncode)
+                self._save(state=TERMINATED, reason=REASON_PREEMPTED if noticed else REASON_SHUTDOWN,
+                           reclaimed=noticed, ended_at=now, agent_exit_code=agent.returncode)
                 return
             if (self.control / "terminate").exists():
                 self._end(agent, REASON_TERMINATED, preempted=False)
                 return
             request = read_json(self.control / "preempt")
             if request is None and plan is not None and deadline is None and self._reached(plan, started, now):
-                request = {"notice": True, "grace": plan.grace}
+                request = {"warn": True, "grace": plan.grace}
             if request is not None and deadline is None:
                 (self.control / "preempt").unlink(missing_ok=True)
-                if not request.get("notice", True):
+                if not request.get("warn", True):
                     self._end(agent, REASON_PREEMPTED, preempted=True)
                     return
                 grace = float(request.get("grace", market.get("notice_seconds", 5.0)))
@@ -175,7 +178,7 @@ class Host:
 def claim(staging: Path, instance_dir: Path) -> bool:
     """Accept the launch request: move the staged instance into place (atomic). False when a concurrent
     launch of the same token was accepted first."""
-    write_json(staging / "state.json", {"state": "pending", "host_pid": os.getpid()})
+    write_json(staging / "state.json", {"state": InstanceState.PENDING.value, "host_pid": os.getpid()})
     try:
         os.rename(staging, instance_dir)
     except OSError:
@@ -211,7 +214,7 @@ def run_host(instance_dir: Path) -> None:
         Host(instance_dir).run()
     except Exception as err:  # record why the "VM" died instead of vanishing silently
         state = read_json(instance_dir / "state.json") or {}
-        state.update(state="terminated", reason=f"Local.HostError: {err}", preempted=False, ended_at=time.time())
+        state.update(state=TERMINATED, reason=f"Local.HostError: {err}", reclaimed=False, ended_at=time.time())
         write_json(instance_dir / "state.json", state)
         raise
 

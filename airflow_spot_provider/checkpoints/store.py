@@ -10,7 +10,7 @@ Layout under the prefix::
     .spot/manifest.json                 # published files: size, sha256, attempt that wrote them
     .spot/fence.json                    # {"attempt": N}: attempts below N may no longer publish
     .spot/fence.lock                    # local disks only: orders fence raises with syncs' check-then-write
-    .spot/attempts/0003/started.json    # markers: started, notice, final-sync, exit, progress
+    .spot/attempts/0003/started.json    # markers (attempt.Marker): started, notice, final-sync, exit…
     .spot/ledger/<task instance>/*.json # the ledger's mirror (see ledger.py)
     .spot/staging/0003-<uuid>/<relpath> # uploads in flight; moved to <relpath> once complete
 
@@ -48,10 +48,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from airflow_spot_provider.attempt import Marker
+from airflow_spot_provider.checkpoints.latest import latest_name, top_level
+
 log = logging.getLogger(__name__)
 
 CONTROL_DIR = ".spot"
-MARKERS = ("started", "notice", "progress", "final-sync", "exit", "backup-save")
 FENCE = f"{CONTROL_DIR}/fence.json"
 FENCE_LOCK = f"{CONTROL_DIR}/fence.lock"
 MANIFEST = f"{CONTROL_DIR}/manifest.json"
@@ -315,10 +317,6 @@ class CheckpointStore:
         return posixpath.join(self.root, relpath)
 
     # -- files ---------------------------------------------------------------------------------
-    def put_file(self, local_path: str, relpath: str, attempt: int = 0) -> None:
-        """Upload one file to its final name, never leaving a partial object there."""
-        self.commit_file(self.stage_file(local_path, relpath, attempt), relpath)
-
     def stage_file(self, local_path: str, relpath: str, attempt: int = 0) -> str:
         """Upload to a fresh staging key and check its size; returns the staging key (store-relative)."""
         staging = f"{STAGING_DIR}/{attempt:04d}-{uuid.uuid4().hex}/{relpath}"  # parsed by staging_attempt()
@@ -510,6 +508,13 @@ class CheckpointStore:
         manifest.read_as = version
         return manifest
 
+    def latest_published(self, pattern: str, attempt: int) -> tuple[str | None, float | None]:
+        """The newest published checkpoint (by step), and when ``attempt``'s newest published file was last
+        modified (None: it published nothing): what the ledger records when an attempt is released."""
+        files = self.read_manifest().files
+        mine = [e.get("mtime") or e.get("time") for e in files.values() if e.get("attempt") == attempt]
+        return latest_name({top_level(p) for p in files}, pattern), max(mine) if mine else None
+
     def write_manifest(self, manifest: Manifest) -> None:
         """Write the manifest. One that was read replaces only the version it was read from: if another
         writer replaced it meanwhile, :class:`ManifestChanged` is raised (see :meth:`update_manifest`)."""
@@ -591,11 +596,9 @@ class CheckpointStore:
     def marker_dir(attempt: int) -> str:
         return f"{CONTROL_DIR}/attempts/{attempt:04d}"
 
-    def write_marker(self, attempt: int, name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
-        if name not in MARKERS:
-            raise ValueError(f"unknown marker {name!r}")
+    def write_marker(self, attempt: int, marker: Marker, data: dict[str, Any] | None = None) -> dict[str, Any]:
         record = {"time": time.time(), **(data or {})}
-        self._write_text(f"{self.marker_dir(attempt)}/{name}.json", json.dumps(record, sort_keys=True))
+        self._write_text(f"{self.marker_dir(attempt)}/{Marker(marker).file}", json.dumps(record, sort_keys=True))
         return record
 
     def read_markers(self, attempt: int) -> dict[str, dict[str, Any]]:
@@ -604,7 +607,7 @@ class CheckpointStore:
         A read error other than "not found" is retried and then raised: a marker that failed to load
         must not look absent (an attempt whose exit marker vanished would be classified as lost).
         """
-        paths = {self.path(f"{self.marker_dir(attempt)}/{name}.json"): name for name in MARKERS}
+        paths = {self.path(f"{self.marker_dir(attempt)}/{marker.file}"): marker.value for marker in Marker}
 
         def read() -> dict[str, bytes]:
             found = self.fs.cat(list(paths), on_error="return")  # one batched call on object stores

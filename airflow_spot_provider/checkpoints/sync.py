@@ -87,8 +87,8 @@ class DirectorySync:
     """Publishes new and changed files of one directory as ``attempt``; keeps a hash cache between rounds.
 
     The agent runs it while the job runs (``source="agent"``) and once after the job exits
-    (``"final-sync"``). Backup-save runs it on the operator side over a dead attempt's disk
-    (``DirectorySync(disk, store, N, pattern).sync("backup-save")``) with that attempt's own number N,
+    (``Marker.FINAL_SYNC``). Backup-save runs it on the operator side over a dead attempt's disk
+    (``DirectorySync(disk, store, N, pattern).sync(Marker.BACKUP_SAVE.value)``) with that attempt's own number N,
     and it is fenced exactly like the agent. The operator keeps this order for every relaunch:
 
     1. the trigger reports attempt N ended; the operator terminates N's VM;

@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_spot_provider.backends import get_backend
+from airflow_spot_provider.backends.base import JobIdentity
 from airflow_spot_provider.spec import BACKENDS, SpotSpecError
-from airflow_spot_provider.sweep import LIVE_STATES, JobKey, sweep
+from airflow_spot_provider.sweep import LIVE_STATES, sweep
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-def task_sdk_liveness(key: JobKey) -> tuple[bool, str]:
+def task_sdk_liveness(key: JobIdentity) -> tuple[bool, str]:
     from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
     states = RuntimeTaskInstance.get_task_states(dag_id=key.dag_id, task_ids=[key.task_id], run_ids=[key.run_id],

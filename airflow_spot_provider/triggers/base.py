@@ -4,9 +4,9 @@ When the cloud keeps refusing to describe the instance (revoked credentials, a d
 region) for longer than ``describe_failure_timeout`` seconds in a row, it yields an ``error`` event with
 the cloud's error instead of polling forever.
 
-It only observes (decision 3): safe to run twice (triggerer HA) and to restart from the top. The one
-exception is :meth:`on_kill`, Airflow's hook for a user who marked the deferred task failed/success or
-cleared it: then the instance is terminated and its disk released (decision 9), unless
+It only observes (``docs/design.md``, "Triggers only observe"): safe to run twice (triggerer HA) and to
+restart from the top. The one exception is :meth:`on_kill`, Airflow's hook for a user who marked the deferred
+task failed/success or cleared it: then the instance is terminated and its disk released, unless
 ``cancel_on_kill`` is off or the task instance is in fact still deferred (Airflow 3.3.2 also calls
 ``on_kill`` when a trigger moves to another triggerer).
 """
@@ -17,12 +17,14 @@ import asyncio
 import time
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_spot_provider.attempt import DESCRIBE_ERROR, InstanceFacts, InstanceState, Markers
 from airflow_spot_provider.backends import get_backend
-from airflow_spot_provider.backends.base import InstanceFacts, InstanceState, SpotBackend
+from airflow_spot_provider.backends.base import SpotBackend
 from airflow_spot_provider.checkpoints.objectstorage import store_for
 from airflow_spot_provider.checkpoints.store import CheckpointStore
 from airflow_spot_provider.triggers.poller import DescribeFailure, SharedPoller
@@ -36,86 +38,83 @@ _KILLS: set[asyncio.Future[None]] = set()
 _WARM_UPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task] = weakref.WeakKeyDictionary()
 #: Seconds the describe calls about the instance may fail in a row before the trigger gives up.
 DESCRIBE_FAILURE_TIMEOUT = 600.0
-#: Event status when the cloud could not describe the instance for ``describe_failure_timeout``.
-DESCRIBE_ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What a trigger watches: one VM of one attempt. These are the trigger's (serialized) arguments."""
+
+    backend: dict[str, Any]  # SpotBackend.serialize()
+    instance_id: str
+    attempt: int
+    checkpoint_uri: str
+    conn_id: str | None = None
+    poll_interval: float = 10.0
+    cancel_on_kill: bool = True
+    describe_failure_timeout: float = DESCRIBE_FAILURE_TIMEOUT
 
 
 class SpotInstanceTrigger(BaseTrigger):
     """Base for triggers that watch one instance of one attempt. Subclasses implement :meth:`verdict`."""
 
-    def __init__(self, *, backend: dict[str, Any], instance_id: str, attempt: int, checkpoint_uri: str,
-                 conn_id: str | None = None, poll_interval: float = 10.0, cancel_on_kill: bool = True,
-                 describe_failure_timeout: float = DESCRIBE_FAILURE_TIMEOUT) -> None:
+    def __init__(self, **watch: Any) -> None:
         super().__init__()
-        self.backend = backend
-        self.instance_id = instance_id
-        self.attempt = attempt
-        self.checkpoint_uri = checkpoint_uri
-        self.conn_id = conn_id
-        self.poll_interval = poll_interval
-        self.cancel_on_kill = cancel_on_kill
-        self.describe_failure_timeout = describe_failure_timeout
+        self.watch = Watch(**watch)
+
+    @classmethod
+    def of(cls, watch: Watch) -> SpotInstanceTrigger:
+        return cls(**asdict(watch))
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "backend": self.backend, "instance_id": self.instance_id, "attempt": self.attempt,
-                "checkpoint_uri": self.checkpoint_uri, "conn_id": self.conn_id,
-                "poll_interval": self.poll_interval, "cancel_on_kill": self.cancel_on_kill,
-                "describe_failure_timeout": self.describe_failure_timeout,
-            },
-        )
+        return f"{type(self).__module__}.{type(self).__qualname__}", asdict(self.watch)
 
     def _backend(self) -> SpotBackend:
-        return get_backend(self.backend["name"], self.backend.get("options"), conn_id=self.conn_id)
+        return get_backend(self.watch.backend["name"], self.watch.backend.get("options"), conn_id=self.watch.conn_id)
 
-    def read_markers(self, store: CheckpointStore) -> dict[str, Any]:
-        return store.read_markers(self.attempt)
+    def read_markers(self, store: CheckpointStore) -> Markers:
+        return Markers(store.read_markers(self.watch.attempt))
 
-    def verdict(self, facts: InstanceFacts, markers: dict[str, Any]) -> dict[str, Any] | None:
+    def verdict(self, facts: InstanceFacts, markers: Markers) -> dict[str, Any] | None:
         """The event payload once the watched work is over, else None."""
         raise NotImplementedError
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         self._task_state_api_warmed().add_done_callback(self._log_task_state_api)
+        watch = self.watch
         backend = self._backend()
         # Off the event loop: building an S3 filesystem runs its own asyncio.run() for credentials.
-        store = await asyncio.to_thread(store_for, self.checkpoint_uri, self.conn_id)
-        poller = SharedPoller.for_backend(backend, self.poll_interval)
+        store = await asyncio.to_thread(store_for, watch.checkpoint_uri, watch.conn_id)
+        poller = SharedPoller.for_backend(backend, watch.poll_interval)
         polls, started = 0, time.monotonic()
-        async with poller.watch(self.instance_id) as updates:
+        async with poller.watch(watch.instance_id) as updates:
             async for update in updates:
                 if isinstance(update, DescribeFailure):
                     failing_for = time.monotonic() - update.since
-                    if failing_for <= self.describe_failure_timeout:
+                    if failing_for <= watch.describe_failure_timeout:
                         continue  # the poller asks again at the next interval
-                    self.log.error("describe of %s failed for %.0fs (%d calls): %s", self.instance_id,
+                    self.log.error("describe of %s failed for %.0fs (%d calls): %s", watch.instance_id,
                                    failing_for, update.calls, update.error)
                     yield TriggerEvent({
-                        "status": DESCRIBE_ERROR, "reason": update.error, "attempt": self.attempt,
-                        "instance_id": self.instance_id, "failing_seconds": round(failing_for, 3),
+                        "status": DESCRIBE_ERROR, "reason": update.error, "attempt": watch.attempt,
+                        "instance_id": watch.instance_id, "failing_seconds": round(failing_for, 3),
                         "failed_calls": update.calls, "observed_at": time.time(),
                     })
                     return
                 facts = update
-                markers: dict[str, Any] = {}
+                markers = Markers()
                 if facts.state is not InstanceState.RUNNING or polls % MARKER_EVERY == 0:
                     try:
                         markers = await asyncio.to_thread(self.read_markers, store)
                     except Exception as err:  # noqa: BLE001 - never decide without the markers: ask again
                         self.log.warning("reading the markers of attempt %d failed (%s); next poll retries",
-                                         self.attempt, err)
+                                         watch.attempt, err)
                         continue
                 if facts.state is InstanceState.MISSING and time.monotonic() - started < backend.missing_grace:
                     continue  # the cloud's list may not show a just-launched VM yet (eventual consistency)
                 polls += 1
                 payload = self.verdict(facts, markers)
                 if payload is not None:
-                    yield TriggerEvent({
-                        **payload, "attempt": self.attempt, "instance_id": self.instance_id,
-                        "facts": facts.to_dict(), "markers": markers, "observed_at": time.time(),
-                    })
+                    yield TriggerEvent(payload)
                     return
 
     # -- a user killed the task ------------------------------------------------------------------
@@ -158,8 +157,8 @@ class SpotInstanceTrigger(BaseTrigger):
         return state == "deferred"
 
     async def on_kill(self) -> None:
-        if not self.cancel_on_kill:
-            self.log.info("on_kill: cancel_on_kill is off; %s keeps running", self.instance_id)
+        if not self.watch.cancel_on_kill:
+            self.log.info("on_kill: cancel_on_kill is off; %s keeps running", self.watch.instance_id)
             return
         # Airflow 3.3 cancels a trigger in on_kill again at every triggerer sync (about once a second) and
         # after on_kill_timeout: the kill runs as its own task, which such a cancel does not cut short.
@@ -174,14 +173,14 @@ class SpotInstanceTrigger(BaseTrigger):
                 self.log.info("on_kill: the task is still deferred (trigger reassigned); nothing destroyed")
                 return
         except Exception as err:  # noqa: BLE001 - cannot ask Airflow: keep the VM, the sweep is the backstop
-            self.log.warning("on_kill: could not read the task state (%s); %s kept", err, self.instance_id)
+            self.log.warning("on_kill: could not read the task state (%s); %s kept", err, self.watch.instance_id)
             return
         try:
             await asyncio.to_thread(self.destroy, self._backend())
         except Exception:  # logged here: once on_kill was cancelled, nobody awaits this task any more
-            self.log.exception("on_kill: removing %s failed; the sweep removes what is left", self.instance_id)
+            self.log.exception("on_kill: removing %s failed; the sweep removes what is left", self.watch.instance_id)
 
     def destroy(self, backend: SpotBackend) -> None:
         # cancel, not terminate + release: those wait for the VM to be gone, longer than on_kill's budget.
-        self.log.info("on_kill: terminating %s and releasing its disk", self.instance_id)
-        backend.cancel(self.instance_id)
+        self.log.info("on_kill: terminating %s and releasing its disk", self.watch.instance_id)
+        backend.cancel(self.watch.instance_id)

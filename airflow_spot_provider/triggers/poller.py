@@ -1,7 +1,8 @@
 """One describe loop per (backend, account, region, interval) in a triggerer process.
 
 Every watching trigger registers its instance id; the loop asks the backend about all of them in
-one call per interval and wakes every watcher. API cost stays flat as jobs grow (decision 7).
+one call per interval and wakes every watcher. API cost stays flat as jobs grow (``docs/design.md``,
+"Polling is batched").
 
 A failed call is retried at the next interval; until one succeeds, each watcher of the instances it
 asked about gets a :class:`DescribeFailure` (the cloud's error and when the failing streak began)
@@ -18,7 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from airflow_spot_provider.backends.base import InstanceFacts, SpotBackend
+from airflow_spot_provider.attempt import InstanceFacts
+from airflow_spot_provider.backends.base import SpotBackend
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ class SharedPoller:
         #: Instances whose describe calls are failing (a success clears the entry: a new streak starts later).
         self.failures: dict[str, DescribeFailure] = {}
         self.generation = 0
-        self.describe_calls = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task | None = None
 
@@ -63,7 +64,6 @@ class SharedPoller:
                 ids = sorted(self.watchers)
                 try:
                     facts = await self.backend.describe(ids)
-                    self.describe_calls += 1
                     self.latest.update(facts)
                     for instance_id in ids:
                         self.failures.pop(instance_id, None)

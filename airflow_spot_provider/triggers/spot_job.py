@@ -1,4 +1,4 @@
-"""SpotJobTrigger: watches one attempt and yields one classified event (decisions 3 and 4).
+"""SpotJobTrigger: watches one attempt and yields one classified event (``attempt.classified_event``).
 
 Everything the operator needs on resume is in the event payload, because ``dag.test()`` drops the
 kwargs given to ``defer()``.
@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_spot_provider.backends.base import InstanceFacts, classify
+from airflow_spot_provider.attempt import InstanceFacts, Markers, classified_event
 from airflow_spot_provider.triggers.base import SpotInstanceTrigger
 
 
 class SpotJobTrigger(SpotInstanceTrigger):
-    def verdict(self, facts: InstanceFacts, markers: dict[str, Any]) -> dict[str, Any] | None:
-        result = classify(facts, markers)
-        if not result.status.terminal:
-            return None
-        return {"status": result.status.value, "reason": result.reason, "exit_code": result.exit_code}
+    def verdict(self, facts: InstanceFacts, markers: Markers) -> dict[str, Any] | None:
+        return classified_event(self.watch.attempt, self.watch.instance_id, facts, markers)
