@@ -1,4 +1,4 @@
-"""Batched polling vs one poll loop per trigger, measured in the same run (decision 7).
+"""Batched polling vs one poll loop per trigger, measured in the same run (docs/design.md, "Polling is batched").
 
 N triggers watch N running attempts on the local backend for a few seconds. Baseline: every watcher
 describes its own instance each interval (what Airflow's EC2StateSensorTrigger does). Ours: the

@@ -44,7 +44,7 @@ OPTIONS = (
     "requirements", "helper_instance_type", "helper_image", "on_demand_prices", "volume_type",
     "rebalance_as_notice", "wait_timeout",
 )
-#: "No capacity here now": try the next type/zone (decision 8).
+#: "No capacity here now": try the next type/zone (docs/design.md, "Capacity is waited for without a worker slot").
 CAPACITY_CODES = frozenset({
     "InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded",
     "InsufficientHostCapacity", "InsufficientReservedInstanceCapacity",

@@ -1,9 +1,9 @@
 """The scripts a cloud VM boots with: one for an attempt, one for a backup-save helper.
 
-Both are plain bash with every value quoted (decision 10): commands and paths reach the VM as JSON
-files and quoted words, never interpolated into shell code. They carry no credentials: the VM reaches
-the store with its own instance role / service account. Everything lives under ``$SPOT_ROOT``
-(``/var/lib/airflow-spot`` on a real VM); the attempt's data disk is mounted at ``$SPOT_ROOT/data``.
+Both are plain bash with every value quoted ("No credentials leave Airflow" in docs/design.md): commands and
+paths reach the VM as JSON files and quoted words, never interpolated into shell code. They carry no
+credentials: the VM reaches the store with its own instance role / service account. Everything lives under
+``$SPOT_ROOT`` (``/var/lib/airflow-spot`` on a real VM); the attempt's data disk is mounted at ``$SPOT_ROOT/data``.
 """
 
 from __future__ import annotations

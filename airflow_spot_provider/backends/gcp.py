@@ -52,7 +52,8 @@ OPTIONS = (
     "agent_install", "requirements", "helper_machine_type", "helper_image", "on_demand_prices", "spot_prices",
     "disk_type", "wait_timeout",
 )
-#: "No capacity here now": try the next type/zone (decision 8). RESOURCE_NOT_FOUND: the type is not offered here.
+#: "No capacity here now": try the next type/zone (docs/design.md, "Capacity is waited for without a worker slot").
+#: RESOURCE_NOT_FOUND: the type is not offered here.
 CAPACITY_CODES = frozenset({
     "ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "QUOTA_EXCEEDED",
     "RESOURCE_NOT_FOUND", "RESOURCE_OPERATION_RATE_EXCEEDED_IN_ZONE",
