@@ -4,6 +4,7 @@ Keys (visible in the task instance's Storage tab and the REST API)::
 
     spot.job            # nonce (part of every idempotency token) and the attempt count
     spot.attempt.0001   # one record per attempt
+    spot.summary        # derived on every save (current attempt, totals): one row per job for the UI's job list
 
 Every value is written with ``retention=NEVER_EXPIRE`` (the default expires after 30 days). The ledger
 survives worker crashes and retries: it is how a new try reconnects instead of launching again.
@@ -32,8 +33,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JOB_KEY = "spot.job"
-ATTEMPT_KEY = "spot.attempt.{:04d}"
+KEY_PREFIX = "spot."
+JOB_KEY = f"{KEY_PREFIX}job"
+ATTEMPT_KEY = KEY_PREFIX + "attempt.{:04d}"
+#: Derived from the others and written to the state store only (not mirrored): rewritten by the next save.
+SUMMARY_KEY = f"{KEY_PREFIX}summary"
 
 
 class StateStore(Protocol):
@@ -82,6 +86,10 @@ class JobRecord:
     #: The succeeded attempt whose result was returned to Airflow. A later try trains again only after that
     #: (a user cleared the task); an automatic retry after a crash returns the recorded result instead.
     returned_attempt: int | None = None
+    #: Where the job's checkpoints (and the agent's markers) are, and the connection that reads them: the UI reads
+    #: a running attempt's progress from there.
+    checkpoint_uri: str | None = None
+    conn_id: str | None = None
     revision: int = 0
 
     @classmethod
@@ -165,10 +173,17 @@ class Ledger:
         self._save_job()
         return record
 
+    def locate(self, checkpoint_uri: str, conn_id: str | None) -> None:
+        """Record where the job's checkpoints are (once, or when a rendered URI changed)."""
+        if (self.job.checkpoint_uri, self.job.conn_id) != (checkpoint_uri, conn_id):
+            self.job.checkpoint_uri, self.job.conn_id = checkpoint_uri, conn_id
+            self._save_job()
+
     def save(self, record: AttemptRecord) -> None:
         self._attempts[record.attempt] = record
         record.revision += 1
         self._write(ATTEMPT_KEY.format(record.attempt), record.to_dict())
+        self.store.set(SUMMARY_KEY, job_summary(self.current, self.attempts()), retention=_never_expire())
 
     def returning(self, record: AttemptRecord) -> None:
         """This succeeded attempt's result is being returned to Airflow."""
@@ -188,27 +203,43 @@ class Ledger:
         return sum(1 for a in self.attempts() if a.try_number == try_number and a.status.interrupted)
 
     def totals(self) -> dict[str, Any]:
-        attempts = self.attempts()
-        cost = sum(a.cost for a in attempts)
-        seconds = sum(a.seconds for a in attempts)
-        lost = sum(a.lost_seconds for a in attempts)
-        # What the work that survived would have cost on-demand: honest savings count preemption waste.
-        on_demand = sum((a.on_demand_price_per_hour or 0.0) * max(0.0, a.seconds - a.lost_seconds) / 3600
-                        for a in attempts)
-        return {
-            "attempts": len(attempts),
-            "preemptions": sum(1 for a in attempts if a.status is AttemptStatus.PREEMPTED),
-            "lost": sum(1 for a in attempts if a.status is AttemptStatus.LOST),
-            "user_failures": sum(1 for a in attempts if a.status is AttemptStatus.FAILED),
-            "instance_seconds": round(seconds, 3),
-            "lost_work_seconds": round(lost, 3),
-            "cost": round(cost, 6),
-            "on_demand_equivalent_cost": round(on_demand, 6),
-            "savings_pct": round(100 * (1 - cost / on_demand), 1) if on_demand > 0 else None,
-        }
+        return totals(self.attempts())
 
     def summary(self) -> dict[str, Any]:
         return {"totals": self.totals(), "attempts": [a.to_dict() for a in self.attempts()]}
+
+
+def totals(attempts: list[AttemptRecord]) -> dict[str, Any]:
+    """Counts, cost and savings of a job's attempts (the XCom summary's ``totals``)."""
+    cost = sum(a.cost for a in attempts)
+    seconds = sum(a.seconds for a in attempts)
+    lost = sum(a.lost_seconds for a in attempts)
+    # What the work that survived would have cost on-demand: honest savings count preemption waste.
+    on_demand = sum((a.on_demand_price_per_hour or 0.0) * max(0.0, a.seconds - a.lost_seconds) / 3600
+                    for a in attempts)
+    return {
+        "attempts": len(attempts),
+        "preemptions": sum(1 for a in attempts if a.status is AttemptStatus.PREEMPTED),
+        "lost": sum(1 for a in attempts if a.status is AttemptStatus.LOST),
+        "user_failures": sum(1 for a in attempts if a.status is AttemptStatus.FAILED),
+        "instance_seconds": round(seconds, 3),
+        "lost_work_seconds": round(lost, 3),
+        "cost": round(cost, 6),
+        "on_demand_equivalent_cost": round(on_demand, 6),
+        "savings_pct": round(100 * (1 - cost / on_demand), 1) if on_demand > 0 else None,
+    }
+
+
+def job_summary(current: AttemptRecord | None, attempts: list[AttemptRecord]) -> dict[str, Any]:
+    """The ``spot.summary`` row: the current attempt and the totals, what a list of jobs shows."""
+    return {
+        "backend": current.backend if current else None,
+        "attempt": current.attempt if current else None,
+        "status": current.status.value if current else None,
+        "progress": current.progress if current else None,
+        "updated": time.time(),
+        **totals(attempts),
+    }
 
 
 def format_attempt(a: AttemptRecord) -> str:

@@ -187,6 +187,7 @@ class SpotTrainingOperator(BaseOperator):
         ti = context["ti"]
         map_index = ti.map_index if ti.map_index is not None else -1
         ledger = Ledger(context["task_state_store"], LedgerMirror(store, ti.dag_id, ti.run_id, ti.task_id, map_index))
+        ledger.locate(spec.checkpoint_uri, self.conn_id)
         identity = JobIdentity(ti.dag_id, ti.run_id, ti.task_id, map_index, ledger.job.nonce)
         call = _Call(context, spec, self._backend(), store, ledger, identity)
         self._show_links(call, ledger.current)  # every call reads the ledger first: its links start from it
