@@ -125,6 +125,9 @@ class AirflowCluster:
     #: Added to every Airflow process's environment (and the CLI's), e.g. a cloud connection
     #: ``AIRFLOW_CONN_<ID>``: the calling process's own ``AIRFLOW*``/``SPOT_*`` variables never pass.
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: (username, password) the REST helpers log in as (``POST /auth/token``); None: the all-admins token,
+    #: for the default ``simple_auth_manager_all_admins``.
+    login: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.home = self.root / "airflow-home"
@@ -374,10 +377,20 @@ class AirflowCluster:
         return "\n".join(parts)
 
     # -- REST ----------------------------------------------------------------------------------
+    def token(self, login: tuple[str, str] | None = None) -> str:
+        """A JWT for ``login`` (username, password), or without one the all-admins token."""
+        if login is None:
+            response = httpx.get(f"{self.base_url}/auth/token", timeout=60, trust_env=False)
+        else:
+            response = httpx.post(f"{self.base_url}/auth/token", timeout=60, trust_env=False,
+                                  json={"username": login[0], "password": login[1]})
+        response.raise_for_status()
+        return response.json()["access_token"]
+
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            token = httpx.get(f"{self.base_url}/auth/token", timeout=60, trust_env=False).json()["access_token"]
+            token = self.token(self.login)
             self._http = httpx.Client(base_url=self.base_url, timeout=60, trust_env=False,
                                       headers={"Authorization": f"Bearer {token}"})
         return self._http

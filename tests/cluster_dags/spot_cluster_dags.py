@@ -49,6 +49,11 @@ JOBS = (
     ClusterJob("spot_cluster_mark_failed", epochs=300),
     ClusterJob("spot_cluster_deferral_timeout", epochs=300, operator={"job_timeout": 8}),
     ClusterJob("spot_cluster_sweep", epochs=300),
+    # The UI tests (tests/test_ui.py) preempt it twice, with a notice and without one. It syncs only on a notice or
+    # at its end, so the second preemption leaves checkpoints on the disk for the backup-save.
+    ClusterJob("spot_cluster_ui_preempted", epochs=40, operator={"sync_interval": 3600.0,
+                                                                 "backend_options": {"notice_seconds": 3.0}}),
+    ClusterJob("spot_cluster_ui_running", epochs=0, gated=True),
 )
 
 
@@ -64,11 +69,9 @@ def build(job: ClusterJob) -> DAG:
                   "--min-epoch-seconds", str(job.epoch_seconds), "--seed", "5"],
             checkpoint_uri=f"file://{ROOT}/checkpoints/{job.dag_id}/{{{{ run_id | replace(':', '_') }}}}/",
             checkpoint_pattern=CKPT_PATTERN,
-            poll_interval=1.0,
-            sync_interval=1.0,
             retries=job.retries,
             retry_delay=timedelta(seconds=1),
-            **job.operator,
+            **{"poll_interval": 1.0, "sync_interval": 1.0, **job.operator},
         )
     return dag
 
