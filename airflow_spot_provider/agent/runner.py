@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from airflow_spot_provider.agent.attempt_log import AttemptLog
 from airflow_spot_provider.agent.config import AgentConfig
 from airflow_spot_provider.agent.notice import notice_source
 from airflow_spot_provider.attempt import Marker, exit_marker, notice_marker, started_marker
@@ -31,6 +32,8 @@ FENCE_GRACE_SECONDS = 10.0
 FENCED_EXIT = 75
 #: The agent's exit code when it stopped on an error of its own (EX_SOFTWARE): its ``exit`` marker has ``error``.
 AGENT_ERROR_EXIT = 70
+#: The attempt's output on its disk (hidden: never taken for a checkpoint), copied to the store as it grows.
+OUTPUT_FILE = ".spot-attempt.log"
 
 
 class StartNotRecorded(RuntimeError):
@@ -58,6 +61,7 @@ class AttemptRunner:
         self._kill_at: float | None = None
         self._sigterm = False
         self._progress_sent: str | None = None
+        self.output: AttemptLog | None = None
 
     # -- steps ---------------------------------------------------------------------------------
     def _restore(self) -> str:
@@ -152,6 +156,10 @@ class AttemptRunner:
             log.warning("%s failed: %s", what, err)
             return None
 
+    def _upload_output(self) -> None:
+        if self.output is not None and self.fenced is None:
+            self._safely(self.output.upload, "attempt log upload")
+
     def _final_sync(self) -> SyncResult | None:
         """One last round after the job exited; the store retries transient errors inside it."""
         return self._sync(Marker.FINAL_SYNC.value)
@@ -171,6 +179,7 @@ class AttemptRunner:
                     next_sync = time.monotonic() + cfg.notice_sync_interval
             if time.monotonic() >= next_sync:
                 self._sync("agent")
+                self._upload_output()
                 interval = cfg.notice_sync_interval if self.notice else cfg.sync_interval
                 next_sync = time.monotonic() + interval
             time.sleep(POLL_SECONDS)
@@ -213,6 +222,8 @@ class AttemptRunner:
         signal.signal(signal.SIGTERM, self._on_sigterm)  # GCE soft-off, or the local market
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self.output = AttemptLog(self.work_dir / OUTPUT_FILE, self.store, cfg.attempt)
+        self.output.capture_agent(log)
         if self._fenced_at_start():  # launched after a newer attempt took over: do not run at all
             self._write_exit(None, final_sync=False)
             return FENCED_EXIT
@@ -220,9 +231,13 @@ class AttemptRunner:
         self._write_started(resume_from)
         argv = self._argv(resume_from)
         log.info("attempt %d on %s: running %s", cfg.attempt, cfg.instance_id, argv)
-        self._proc = proc = subprocess.Popen(argv, cwd=self.work_dir, env=self._job_env(resume_from))
+        self._proc = proc = subprocess.Popen(argv, cwd=self.work_dir, env=self._job_env(resume_from),
+                                             **self.output.popen_output())
+        self.output.follow(proc)
         code = self._wait_for_job(proc)
         log.info("job exited with code %s", code)
+        self.output.close(log)
+        self._upload_output()
         final = self._final_sync()
         written = False
         if final is not None:
@@ -246,6 +261,7 @@ def main(config_path: str, store: CheckpointStore | None = None) -> int:
     except Exception as err:
         # Never start the job from scratch because a restore failed: stop and say why.
         log.exception("agent failed")
+        runner._upload_output()  # the traceback is in it
         error = f"{type(err).__name__}: {err}"
         runner._safely(lambda: runner.store.write_marker(
             cfg.attempt, Marker.EXIT, exit_marker(None, noticed=runner.notice is not None, error=error)), "exit marker")

@@ -11,6 +11,7 @@ Layout under the prefix::
     .spot/fence.json                    # {"attempt": N}: attempts below N may no longer publish
     .spot/fence.lock                    # local disks only: orders fence raises with syncs' check-then-write
     .spot/attempts/0003/started.json    # markers (attempt.Marker): started, notice, final-sync, exit…
+    .spot/attempts/0003/log             # the attempt's output (the job's and the agent's), its last MiB
     .spot/ledger/<task instance>/*.json # the ledger's mirror (see ledger.py)
     .spot/staging/0003-<uuid>/<relpath> # uploads in flight; moved to <relpath> once complete
 
@@ -59,6 +60,8 @@ FENCE_LOCK = f"{CONTROL_DIR}/fence.lock"
 MANIFEST = f"{CONTROL_DIR}/manifest.json"
 STAGING_DIR = f"{CONTROL_DIR}/staging"
 LEDGER_DIR = f"{CONTROL_DIR}/ledger"
+#: The attempt's output, next to its markers.
+ATTEMPT_LOG = "log"
 #: Longest path component most file systems accept (bytes).
 MAX_NAME_BYTES = 255
 #: Read-compare-write rounds before giving up: each lost round means another writer changed the object.
@@ -600,6 +603,13 @@ class CheckpointStore:
         record = {"time": time.time(), **(data or {})}
         self._write_text(f"{self.marker_dir(attempt)}/{Marker(marker).file}", json.dumps(record, sort_keys=True))
         return record
+
+    def write_attempt_log(self, attempt: int, text: bytes) -> None:
+        """The attempt's output so far (replaced whole: object stores cannot append)."""
+        self._write_text(f"{self.marker_dir(attempt)}/{ATTEMPT_LOG}", text.decode(errors="replace"))
+
+    def read_attempt_log(self, attempt: int) -> str | None:
+        return self._read_text(f"{self.marker_dir(attempt)}/{ATTEMPT_LOG}")
 
     def read_markers(self, attempt: int) -> dict[str, dict[str, Any]]:
         """All markers of one attempt, by name (missing markers are absent).
