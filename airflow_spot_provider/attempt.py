@@ -47,7 +47,8 @@ class AttemptStatus(str, Enum):
 
 
 class Marker(str, Enum):
-    """The files the agent (and a backup-save helper) write under ``.spot/attempts/<N>/`` in the store."""
+    """The files under ``.spot/attempts/<N>/`` in the store: the agent's and a backup-save helper's records, and
+    the one control file written from outside (a rehearsal)."""
 
     STARTED = "started"  # the agent runs and restored ``restored_from``: written before the job starts
     NOTICE = "notice"  # an interruption notice arrived; the job got SIGTERM
@@ -55,6 +56,7 @@ class Marker(str, Enum):
     FINAL_SYNC = "final-sync"  # synced after the job exited: nothing on the disk is newer
     EXIT = "exit"  # the job's exit code (or the agent's error)
     BACKUP_SAVE = "backup-save"  # a backup-save helper's result for this attempt's disk
+    REHEARSAL = "rehearsal"  # a user asked for a rehearsed preemption: the agent treats it as the cloud's notice
 
     @property
     def file(self) -> str:
@@ -114,6 +116,11 @@ class Markers:
     def progress(self) -> dict[str, Any] | None:
         return self.get(Marker.PROGRESS)
 
+    @property
+    def rehearsed(self) -> bool:
+        """The notice was a rehearsal a user asked for, not the cloud's."""
+        return (self._field(Marker.NOTICE, "notice") or {}).get("source") == Marker.REHEARSAL.value
+
 
 # What the agent writes in its markers: built here, next to :class:`Markers`, which reads them.
 def started_marker(instance_id: str, restored_from: str | None) -> dict[str, Any]:
@@ -122,6 +129,16 @@ def started_marker(instance_id: str, restored_from: str | None) -> dict[str, Any
 
 def notice_marker(notice: dict[str, Any]) -> dict[str, Any]:
     return {"notice": notice}
+
+
+def rehearsal_marker(grace_seconds: float, requested_by: str | None) -> dict[str, Any]:
+    return {"grace": grace_seconds, "by": requested_by}
+
+
+def rehearsal_notice(rehearsal: dict[str, Any]) -> dict[str, Any]:
+    """The notice the agent acts on for a rehearsal (the job cannot tell it from the cloud's)."""
+    return {"action": "terminate", "source": Marker.REHEARSAL.value, "grace": float(rehearsal.get("grace") or 0),
+            "by": rehearsal.get("by")}
 
 
 def exit_marker(code: int | None, *, noticed: bool, final_sync: bool = False, fenced: int | None = None,
@@ -196,7 +213,8 @@ def classify(facts: InstanceFacts, markers: Markers) -> Classification:
     if facts.preempted and over:
         return Classification(AttemptStatus.PREEMPTED, facts.reason or "preempted", code)
     if markers.has(Marker.NOTICE) and over:
-        reason = f"interruption notice ({facts.reason})" if facts.reason else "interruption notice"
+        what = "rehearsed preemption" if markers.rehearsed else "interruption notice"
+        reason = f"{what} ({facts.reason})" if facts.reason else what
         return Classification(AttemptStatus.PREEMPTED, reason, code)
     if markers.exited:
         return Classification(AttemptStatus.FAILED, f"exit code {code}", code)

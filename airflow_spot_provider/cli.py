@@ -1,4 +1,4 @@
-"""``airflow-spot``: chaos (``preempt``), visibility (``status``) and cleanup (``sweep``).
+"""``airflow-spot``: chaos (``preempt``, ``rehearse``), visibility (``status``) and cleanup (``sweep``).
 
 ``preempt`` and ``status`` work on the local backend's state directory without importing Airflow, so
 they answer at once; ``sweep`` asks Airflow's metadata database which jobs are still live, on any backend.
@@ -71,6 +71,33 @@ def cmd_status(backend: LocalBackend, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rehearse(backend: LocalBackend, args: argparse.Namespace) -> int:
+    """A rehearsed preemption of a job's running attempt, on any backend (found through Airflow's database)."""
+    from airflow.utils.session import create_session
+
+    from airflow_spot_provider.plugins.ledgers import TaskKey, read_task_ledger
+    from airflow_spot_provider.rehearsal import DEFAULT_GRACE, RehearsalRefused, rehearse
+
+    parts = args.target.split("/")
+    if len(parts) != 3 or not all(parts):
+        print("rehearse: name the job as DAG_ID/RUN_ID/TASK_ID", file=sys.stderr)
+        return 2
+    with create_session() as session:
+        ledger = read_task_ledger(session, TaskKey(*parts, args.map_index))
+    if ledger is None:
+        print(f"rehearse: {args.target} has no spot ledger in this Airflow", file=sys.stderr)
+        return 1
+    try:
+        grace = DEFAULT_GRACE if args.grace is None else args.grace
+        done = rehearse(ledger.job, ledger.current, grace, requested_by="airflow-spot rehearse")
+    except RehearsalRefused as err:
+        print(f"rehearse: {err}", file=sys.stderr)
+        return 1
+    print(f"rehearsal posted for attempt {done.attempt} ({done.instance_id}): its agent gives the job the "
+          f"interruption notice within seconds and ends it {done.grace:g}s later if it has not exited")
+    return 0
+
+
 def _sweep_backends(args: argparse.Namespace) -> list:
     from airflow_spot_provider.backends import get_backend
 
@@ -135,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     preempt.add_argument("--all", action="store_true", help="every running attempt")
     preempt.add_argument("--no-notice", action="store_true", help="kill without an interruption notice")
     preempt.add_argument("--grace", type=float, default=None, help="seconds between the notice and the kill")
+    rehearse = sub.add_parser("rehearse", help="rehearse a preemption of a job's running attempt on any backend "
+                                                 "(an interruption notice through the checkpoint store)")
+    rehearse.add_argument("target", help="the job as DAG_ID/RUN_ID/TASK_ID")
+    rehearse.add_argument("--map-index", type=int, default=-1)
+    rehearse.add_argument("--grace", type=float, default=None,
+                          help="seconds between the notice and the end of the job (default: 30)")
     status = sub.add_parser("status", help="running attempts (--all: every attempt on record)")
     status.add_argument("--all", action="store_true")
     status.add_argument("--json", action="store_true")
@@ -161,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     backend = LocalBackend(**({"state_dir": args.state_dir} if args.state_dir else {}))
-    handler = {"preempt": cmd_preempt, "status": cmd_status, "sweep": cmd_sweep}[args.command]
+    handler = {"preempt": cmd_preempt, "rehearse": cmd_rehearse, "status": cmd_status, "sweep": cmd_sweep}[
+        args.command]
     return handler(backend, args)
 
 

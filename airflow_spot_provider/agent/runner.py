@@ -19,7 +19,7 @@ from typing import Any
 from airflow_spot_provider.agent.attempt_log import AttemptLog
 from airflow_spot_provider.agent.config import AgentConfig
 from airflow_spot_provider.agent.notice import notice_source
-from airflow_spot_provider.attempt import Marker, exit_marker, notice_marker, started_marker
+from airflow_spot_provider.attempt import Marker, exit_marker, notice_marker, rehearsal_notice, started_marker
 from airflow_spot_provider.checkpoints.store import CheckpointStore, FencedError
 from airflow_spot_provider.checkpoints.sync import DirectorySync, SyncResult, restore
 
@@ -32,6 +32,8 @@ FENCE_GRACE_SECONDS = 10.0
 FENCED_EXIT = 75
 #: The agent's exit code when it stopped on an error of its own (EX_SOFTWARE): its ``exit`` marker has ``error``.
 AGENT_ERROR_EXIT = 70
+#: Seconds between looks for a rehearsal marker in the store (one small read each).
+REHEARSAL_CHECK_SECONDS = 5.0
 #: The attempt's output on its disk (hidden: never taken for a checkpoint), copied to the store as it grows.
 OUTPUT_FILE = ".spot-attempt.log"
 
@@ -62,6 +64,9 @@ class AttemptRunner:
         self._sigterm = False
         self._progress_sent: str | None = None
         self.output: AttemptLog | None = None
+        #: When a rehearsed preemption ends the job if it has not exited by then (monotonic seconds).
+        self._rehearsal_deadline: float | None = None
+        self._next_rehearsal_check = 0.0
 
     # -- steps ---------------------------------------------------------------------------------
     def _restore(self) -> str:
@@ -96,6 +101,7 @@ class AttemptRunner:
             log.warning("interruption notice check failed: %s", err)
             found = None
         found = found or ({"action": "terminate", "source": "SIGTERM"} if self._sigterm else None)
+        found = found or self._rehearsal()
         if not found:
             return
         self.notice = found
@@ -105,6 +111,19 @@ class AttemptRunner:
             proc.send_signal(signal.SIGTERM)
         self._safely(lambda: self.store.write_marker(self.cfg.attempt, Marker.NOTICE, notice_marker(found)),
                      "notice marker")
+
+    def _rehearsal(self) -> dict[str, Any] | None:
+        """A rehearsed preemption asked for through the store (``airflow-spot rehearse`` or the UI's button)."""
+        if time.monotonic() < self._next_rehearsal_check:
+            return None
+        self._next_rehearsal_check = time.monotonic() + REHEARSAL_CHECK_SECONDS
+        rehearsal = self._safely(lambda: self.store.read_marker(self.cfg.attempt, Marker.REHEARSAL), "rehearsal check")
+        if not rehearsal:
+            return None
+        notice = rehearsal_notice(rehearsal)
+        # The cloud would take the VM at the end of its notice; a rehearsal ends the job itself then.
+        self._rehearsal_deadline = time.monotonic() + notice["grace"]
+        return notice
 
     def _sync(self, source: str) -> SyncResult | None:
         if self.fenced is not None:
@@ -177,6 +196,10 @@ class AttemptRunner:
                 self._check_notice(proc)
                 if self.notice is not None:
                     next_sync = time.monotonic() + cfg.notice_sync_interval
+            elif self._rehearsal_deadline is not None and time.monotonic() >= self._rehearsal_deadline:
+                log.info("rehearsal: the job did not exit within its grace; killing it as the cloud would")
+                proc.kill()
+                self._rehearsal_deadline = None
             if time.monotonic() >= next_sync:
                 self._sync("agent")
                 self._upload_output()

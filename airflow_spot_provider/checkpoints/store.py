@@ -611,6 +611,9 @@ class CheckpointStore:
     def read_attempt_log(self, attempt: int) -> str | None:
         return self._read_text(f"{self.marker_dir(attempt)}/{ATTEMPT_LOG}")
 
+    def read_marker(self, attempt: int, marker: Marker) -> dict[str, Any] | None:
+        return self.read_json(f"{self.marker_dir(attempt)}/{Marker(marker).file}")
+
     def read_markers(self, attempt: int) -> dict[str, dict[str, Any]]:
         """All markers of one attempt, by name (missing markers are absent).
 
