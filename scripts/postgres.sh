@@ -1,5 +1,5 @@
 # Sourced by test.sh: make sure PostgreSQL answers on 127.0.0.1:5432 (start it if it is down).
-# The cluster reliability tests (tests/test_cluster_reliability.py) run real Airflow processes on
+# The cluster reliability tests (tests/test_cluster_*.py, tests/test_ui.py) run real Airflow processes on
 # PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres): start Debian's cluster if it is down.
 pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
 ensure_postgres() {

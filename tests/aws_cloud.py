@@ -13,10 +13,9 @@ Three layers, all in this process:
   a termination held in ``shutting-down`` (``hold_termination``/``finish_termination``: moto terminates at
   once), and ``ModifyInstanceAttribute``'s block device mappings refused as EC2 refuses them (moto changes a
   terminated instance, and answers a device that is not mapped with a server error).
-* **VM runner**: a thread that runs each running instance's user data as a local ``bash`` process in
-  its own session, with a fake IMDSv2 server, a clean environment, EBS data volumes as directories,
-  and ``shutdown``/``poweroff``/``halt`` shims that ask the runner to apply the instance's
-  ``InstanceInitiatedShutdownBehavior`` (the real commands are never on the VM's PATH first).
+* **VMs**: the shared runner (``tests/fake_vm.py``) runs each running instance's user data as a local process
+  group, with a fake IMDSv2 server, EBS data volumes as directories, and ``shutdown``/``poweroff``/``halt``
+  shims after which this fake applies the instance's ``InstanceInitiatedShutdownBehavior``.
 
 The VM's environment stands for its instance profile: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
 are the placeholder ``instance-role`` (moto accepts any key), ``AWS_ENDPOINT_URL`` points every AWS SDK
@@ -24,7 +23,7 @@ client at the fake, and ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` at the VM's own me
 
 Layout under ``root``::
 
-    vms/<instance-id>/user-data, console.log, shutdown-requested, bin/ (shims), root/ (the VM's "/")
+    vms/<instance-id>/user-data, console.log, root/ (the VM's "/"), ... (see tests/fake_vm.py)
     vms/<instance-id>/root/data -> volumes/<vol-id>   (volume attached at /dev/sdf or /dev/xvdf)
     volumes/<vol-id>/                                  (an EBS volume's contents; outlives instances)
 
@@ -43,14 +42,9 @@ import base64
 import collections
 import json
 import logging
-import os
 import re
 import secrets
-import shlex
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -59,7 +53,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -67,7 +60,6 @@ from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 import boto3
-import psutil
 from botocore.config import Config
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.exceptions import InvalidInstanceIdError, InvalidSubnetIdError
@@ -78,7 +70,9 @@ from moto.ec2.utils import random_spot_request_id
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from . import waiting
+from .fake_cloud import LocalServer, QuietHandler
+from .fake_vm import VmRunner
+from .waiting import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +80,6 @@ REGION = "us-east-1"
 EC2_API_VERSION = "2016-11-15"
 #: Device names at which an attached volume becomes the VM's ``$SPOT_ROOT/data``.
 DATA_DEVICES = ("/dev/sdf", "/dev/xvdf")
-SHUTDOWN_COMMANDS = ("shutdown", "poweroff", "halt")
 #: HTTP status EC2 uses for each launch error code (others default to 400).
 ERROR_STATUS = {
     "InsufficientInstanceCapacity": 500,
@@ -127,11 +120,6 @@ STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 4
 def utc_iso(moment: datetime) -> str:
     """IMDS timestamps look like ``2026-11-29T20:17:00Z``."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = "") -> Any:
-    """:func:`waiting.wait_for` with this module's shorter default timeout."""
-    return waiting.wait_for(predicate, timeout, interval, what or str(predicate))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,48 +336,31 @@ class _Metadata:
         return documents.get(path.removeprefix("/latest/meta-data/").rstrip("/"))
 
 
-class _ImdsHandler(BaseHTTPRequestHandler):
+class _ImdsHandler(QuietHandler):
     """IMDSv2 only: a session token from ``PUT /latest/api/token`` is required on every GET."""
 
     metadata: _Metadata  # set on the per-instance subclass
 
     def do_PUT(self) -> None:
         if self.path != "/latest/api/token":
-            return self._send(404, b"Not Found")
+            return self.send(404, b"Not Found")
         ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
         if not ttl.isdigit() or not 1 <= int(ttl) <= IMDS_MAX_TTL:
-            return self._send(400, b"Bad Request")
+            return self.send(400, b"Bad Request")
         token = self.metadata.issue_token(int(ttl))
-        self._send(200, token.encode(), {"X-aws-ec2-metadata-token-ttl-seconds": ttl})
+        self.send(200, token.encode(), headers={"X-aws-ec2-metadata-token-ttl-seconds": ttl})
 
     def do_GET(self) -> None:
         if not self.metadata.token_valid(self.headers.get("X-aws-ec2-metadata-token")):
-            return self._send(401, b"Unauthorized")
+            return self.send(401, b"Unauthorized")
         value = self.metadata.lookup(self.path)
         if value is None:
-            return self._send(404, b"Not Found")
-        self._send(200, value if isinstance(value, bytes) else value.encode())
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Keep test output clean."""
+            return self.send(404, b"Not Found")
+        self.send(200, value if isinstance(value, bytes) else value.encode())
 
 
-def _start_imds(metadata: _Metadata) -> ThreadingHTTPServer:
-    handler = type("ImdsHandler", (_ImdsHandler,), {"metadata": metadata})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
-                     name=f"imds-{metadata.instance_id}").start()
-    return server
+def _start_imds(metadata: _Metadata) -> LocalServer:
+    return LocalServer(type("ImdsHandler", (_ImdsHandler,), {"metadata": metadata}), f"imds-{metadata.instance_id}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,27 +382,6 @@ class _InstanceView:
     data_volume: str | None
 
 
-@dataclass
-class _Vm:
-    instance_id: str
-    vmdir: Path
-    imds: ThreadingHTTPServer
-    proc: subprocess.Popen
-    #: Descendants seen so far (pid → create time), so children that leave the group are still killed.
-    tracked: dict[int, float] = field(default_factory=dict)
-    ended: bool = False
-
-    @property
-    def root(self) -> Path:
-        return self.vmdir / "root"
-
-
-@dataclass
-class _DueKill:
-    at: float
-    spot_status: str
-
-
 def _snapshot(instance: Any) -> _InstanceView:
     user_data = base64.b64decode(instance.user_data.as_bytes()) if instance.user_data else None
     data_volume = next((instance.block_device_mapping[d].volume_id for d in DATA_DEVICES
@@ -443,13 +393,6 @@ def _snapshot(instance: Any) -> _InstanceView:
     )
 
 
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 # --------------------------------------------------------------------------------------------------
 # The fake cloud
 # --------------------------------------------------------------------------------------------------
@@ -459,8 +402,10 @@ class FakeAws:
     """moto + EC2 behaviour moto lacks + a VM runner. Use as a context manager, or call ``close()``.
 
     moto keeps its state in module globals, so one FakeAws may be open per process; it starts empty.
+    Implements :class:`tests.fake_cloud.FakeCloud` (ids: EC2 instance ids).
     """
 
+    name = "aws"
     _open: FakeAws | None = None
 
     def __init__(self, root: str | Path | None = None, region: str = REGION, poll_interval: float = 0.1) -> None:
@@ -471,9 +416,6 @@ class FakeAws:
         self.root.mkdir(parents=True, exist_ok=True)
         self.region = region
         self.account = DEFAULT_ACCOUNT_ID
-        self.poll_interval = poll_interval
-        #: Errors raised inside the runner thread (tests assert this stays empty).
-        self.runner_errors: list[str] = []
         # The state lock serialises moto requests with the control layer and the runner's snapshots
         # (moto's backend is plain dicts). Order when both are needed: runner lock, then state lock.
         self._state_lock = threading.RLock()
@@ -484,9 +426,9 @@ class FakeAws:
         self._throttles: dict[str, int] = {}
         self._refusals: dict[str, tuple[str, str]] = {}
         self._tokens: dict[str, tuple[dict[str, str], _Response]] = {}
-        self._vms: dict[str, _Vm] = {}
+        self._vms = VmRunner(self.root / "vms", "fake-aws-runner", self._step_all, interval=poll_interval)
+        self._imds: dict[str, LocalServer] = {}  # the metadata servers of booted instances, until they end
         self._metadata: dict[str, _Metadata] = {}
-        self._due: dict[str, _DueKill] = {}
         #: Instances whose TerminateInstances stops at ``shutting-down`` until ``finish_termination``.
         self._held: set[str] = set()
         self._closed = False
@@ -498,9 +440,7 @@ class FakeAws:
             self._server.shutdown()
             raise
         FakeAws._open = self
-        self._stop = threading.Event()
-        self._runner = threading.Thread(target=self._run_loop, daemon=True, name="fake-aws-runner")
-        self._runner.start()
+        self._vms.start()
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -515,10 +455,9 @@ class FakeAws:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        self._runner.join(timeout=10)
+        self._vms.close()  # not under the runner lock: the runner's last tick may be waiting for it
         with self._runner_lock:
-            self._end_all_vms()
+            self._stop_imds()
         self._server.shutdown()
         self._server.server_close()
         FakeAws._open = None
@@ -528,10 +467,9 @@ class FakeAws:
     def reset(self) -> None:
         """Back to an empty cloud: VMs killed, moto state reset, counters, rules and tokens cleared."""
         with self._runner_lock:
-            self._end_all_vms()
-            self._vms.clear()
+            self._vms.kill_all()
+            self._stop_imds()
             self._metadata.clear()
-            self._due.clear()
             request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
             with urllib.request.urlopen(request, timeout=30) as response:
                 response.read()
@@ -542,7 +480,7 @@ class FakeAws:
             self._tokens.clear()
             self._held.clear()
         self.reset_calls()
-        self.runner_errors.clear()
+        self._vms.errors.clear()
 
     # ---- accessors --------------------------------------------------------------------------------
 
@@ -550,6 +488,11 @@ class FakeAws:
     def ec2_backend(self) -> Any:
         """moto's in-memory EC2 backend (a new object after every reset)."""
         return ec2_backends[self.account][self.region]
+
+    @property
+    def runner_errors(self) -> list[str]:
+        """Errors raised inside the runner thread (tests assert this stays empty)."""
+        return self._vms.errors
 
     @property
     def calls(self) -> collections.Counter[str]:
@@ -584,19 +527,21 @@ class FakeAws:
             return {zone: subnet.id for zone, subnet in sorted(self.ec2_backend.get_default_subnets().items())}
 
     def vm_dir(self, instance_id: str) -> Path:
-        return self.root / "vms" / instance_id
+        return self._vms.vm_dir(instance_id)
+
+    def data_dir(self, instance_id: str) -> Path:
+        return self._vms.data_dir(instance_id)
 
     def volume_dir(self, volume_id: str) -> Path:
         return self.root / "volumes" / volume_id
 
     def console(self, instance_id: str) -> str:
-        path = self.vm_dir(instance_id) / "console.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self._vms.console(instance_id)
 
     def imds_endpoint(self, instance_id: str) -> str | None:
         with self._runner_lock:
-            vm = self._vms.get(instance_id)
-            return None if vm is None or vm.ended else f"http://127.0.0.1:{vm.imds.server_port}/"
+            server = self._imds.get(instance_id)
+            return None if server is None else f"http://127.0.0.1:{server.port}/"
 
     def instance_state(self, instance_id: str) -> str:
         with self._state_lock:
@@ -604,27 +549,20 @@ class FakeAws:
 
     def processes_alive(self) -> list[int]:
         """Pids of VM processes (any instance, live or ended) that are still running."""
-        with self._runner_lock:
-            return sorted({proc.pid for vm in self._vms.values() for proc in self._members(vm)})
+        return self._vms.processes_alive()
 
     def tracked(self, instance_id: str) -> set[int]:
-        """Pids of the VM's descendants the runner has recorded: killed even after they leave its session."""
-        with self._runner_lock:
-            vm = self._vms.get(instance_id)
-            return set(vm.tracked) if vm is not None else set()
+        """Pids the runner has recorded as the VM's: killed even after they leave its session."""
+        return self._vms.tracked(instance_id)
 
     def wait_gone(self, instance_id: str, timeout: float = 60.0) -> str:
         """Wait until the instance is terminated or stopped and its processes are dead; returns the state."""
 
         def gone() -> str | None:
             state = self.instance_state(instance_id)
-            if state not in ("terminated", "stopped"):
-                return None
-            with self._runner_lock:
-                vm = self._vms.get(instance_id)
-                return state if vm is None or not self._members(vm) else None
+            return state if state in ("terminated", "stopped") and not self._vms.running(instance_id) else None
 
-        return wait_until(gone, timeout, what=f"{instance_id} to be gone")
+        return wait_for(gone, timeout, what=f"{instance_id} to be gone")
 
     # ---- request rules ---------------------------------------------------------------------------
 
@@ -643,7 +581,7 @@ class FakeAws:
             self._throttles.clear()
             self._refusals.clear()
 
-    def throttle(self, action: str = "RunInstances", times: int = 1) -> None:
+    def throttle(self, times: int = 1, action: str = "RunInstances") -> None:
         """The next ``times`` calls of ``action`` get ``RequestLimitExceeded`` (503)."""
         with self._state_lock:
             self._throttles[action] = self._throttles.get(action, 0) + times
@@ -668,7 +606,7 @@ class FakeAws:
             with self._state_lock:
                 if request := self._spot_request_of(instance_id):
                     _set_spot_status(request, "marked-for-termination")
-            self._due[instance_id] = _DueKill(time.monotonic() + notice_seconds, spot_status)
+            self._vms.schedule(instance_id, notice_seconds, lambda: self._reclaim(instance_id, spot_status))
 
     def rebalance(self, instance_id: str) -> None:
         """Publish a rebalance recommendation in the instance's IMDS."""
@@ -720,11 +658,15 @@ class FakeAws:
                 return request
         return None
 
+    def _reclaim(self, instance_id: str, spot_status: str) -> None:
+        """The end of a spot interruption's notice."""
+        with self._runner_lock:
+            self._terminate_by_service(instance_id, SPOT_TERMINATION, spot_status)
+
     def _terminate_by_service(self, instance_id: str, reason: tuple[str, str], spot_status: str) -> None:
         """Kill the VM first (nothing it does may land after "terminated"), then record the cloud's facts."""
-        self._due.pop(instance_id, None)
-        if vm := self._vms.get(instance_id):
-            self._end_vm(vm)
+        self._vms.cancel(instance_id)
+        self._end_vm(instance_id)
         with self._state_lock:
             instance = self.ec2_backend.get_instance(instance_id)
             if instance._state.name != "terminated":
@@ -897,54 +839,36 @@ class FakeAws:
             body = body.replace(marker, marker + added)
         return response.with_body(body)
 
-    # ---- VM runner --------------------------------------------------------------------------------
+    # ---- VMs ---------------------------------------------------------------------------------------
 
-    def _run_loop(self) -> None:
-        tick = 0
-        while not self._stop.wait(self.poll_interval):
-            tick += 1
-            try:
-                self._tick(track=tick % 3 == 0)
-            except Exception as exc:  # noqa: BLE001 - the runner must outlive a bad tick; tests read runner_errors
-                log.exception("fake AWS runner tick failed")
-                self.runner_errors.append(repr(exc))
-
-    def _tick(self, track: bool) -> None:
+    def _step_all(self) -> None:
+        """One runner tick: boot what started running, end what stopped, apply shutdowns from inside."""
         with self._runner_lock:
-            if self._stop.is_set():
+            if self._closed:
                 return
-            self._fire_due_kills()
             with self._state_lock:
                 views = {i.id: _snapshot(i) for i in self.ec2_backend.all_instances()}
                 self._close_requests_of_terminated()
             for view in views.values():
-                self._step(view, track)
-            for vm in self._vms.values():
-                if not vm.ended and vm.instance_id not in views:
-                    self._end_vm(vm)
+                self._step(view)
+            for instance_id in list(self._imds):
+                if instance_id not in views:
+                    self._end_vm(instance_id)
 
-    def _step(self, view: _InstanceView, track: bool) -> None:
-        vm = self._vms.get(view.instance_id)
-        if vm is None:
+    def _step(self, view: _InstanceView) -> None:
+        boot = self._vms.last_boot(view.instance_id)
+        if boot is None:  # user data runs once, at the first boot (as cloud-init runs it)
             if view.state == "running" and view.user_data is not None:
                 self._boot(view)
             return
-        if vm.ended:
+        if boot.killed:
             return
         if view.state != "running":
-            self._end_vm(vm)
-        elif (vm.vmdir / "shutdown-requested").exists():
-            self._instance_shutdown(vm)
+            self._end_vm(view.instance_id)
+        elif self._vms.shutdown_requested(view.instance_id):
+            self._instance_shutdown(view.instance_id)
         else:
-            self._sync_data_link(vm.root, view.data_volume)
-            if track:
-                self._track_descendants(vm)
-
-    def _fire_due_kills(self) -> None:
-        now = time.monotonic()
-        for instance_id, due in list(self._due.items()):
-            if due.at <= now:
-                self._terminate_by_service(instance_id, SPOT_TERMINATION, due.spot_status)
+            self._mount_data(view)
 
     def _close_requests_of_terminated(self) -> None:
         """EC2 closes a one-time spot request when its instance is terminated by the user."""
@@ -954,75 +878,28 @@ class FakeAws:
                 _set_spot_status(request, "instance-terminated-by-user", "closed")
 
     def _boot(self, view: _InstanceView) -> None:
-        vmdir = self.vm_dir(view.instance_id)
-        root = vmdir / "root"
-        root.mkdir(parents=True, exist_ok=True)
-        (vmdir / "user-data").write_bytes(view.user_data or b"")
-        metadata = self._metadata_for(view.instance_id)
-        imds = _start_imds(metadata)
-        env = self._vm_env(vmdir, imds.server_port)
-        self._sync_data_link(root, view.data_volume)
-        with open(vmdir / "console.log", "ab") as console:
-            proc = subprocess.Popen(
-                ["bash", str(vmdir / "user-data")], cwd=root, env=env, stdin=subprocess.DEVNULL,
-                stdout=console, stderr=subprocess.STDOUT, start_new_session=True,  # the VM: its own session
-            )
-        self._vms[view.instance_id] = _Vm(view.instance_id, vmdir, imds, proc)
-
-    def _vm_env(self, vmdir: Path, imds_port: int) -> dict[str, str]:
-        shims = self._write_shims(vmdir)
-        path = os.pathsep.join([str(shims), os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
-        # CI runs as root: the real shutdown must be unreachable before anything is started.
-        for command in SHUTDOWN_COMMANDS:
-            found = shutil.which(command, path=path)
-            if found != str(shims / command):
-                raise RuntimeError(f"{command} resolves to {found}, not the shim in {shims}")
-        root = vmdir / "root"
-        return {
-            "PATH": path,
-            "HOME": str(root),
-            "SPOT_ROOT": str(root),
-            "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{imds_port}/",
+        imds = _start_imds(self._metadata_for(view.instance_id))
+        self._imds[view.instance_id] = imds
+        self._mount_data(view)
+        # The VM's environment stands for its instance profile (moto accepts any key).
+        self._vms.boot(view.instance_id, view.user_data or b"", {
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{imds.port}/",
             "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": "instance-role",  # stands for the instance profile's credentials
+            "AWS_ACCESS_KEY_ID": "instance-role",
             "AWS_SECRET_ACCESS_KEY": "instance-role",
             "AWS_DEFAULT_REGION": self.region,
-            "PYTHONUNBUFFERED": "1",
-        }
+        }, "user-data")
 
-    @staticmethod
-    def _write_shims(vmdir: Path) -> Path:
-        shims = vmdir / "bin"
-        shims.mkdir(parents=True, exist_ok=True)
-        request_file = shlex.quote(str(vmdir / "shutdown-requested"))
-        for command in SHUTDOWN_COMMANDS:
-            shim = shims / command
-            shim.write_text(f'#!/bin/sh\necho "{command} $*" >> {request_file}\nexit 0\n')
-            shim.chmod(0o755)
-        return shims
-
-    def _sync_data_link(self, root: Path, volume_id: str | None) -> None:
+    def _mount_data(self, view: _InstanceView) -> None:
         """``root/data`` is the volume attached at the data device, and nothing when none is."""
-        link = root / "data"
-        if volume_id is None:
-            if link.is_symlink():
-                link.unlink()
-            return
-        target = self.volume_dir(volume_id)
-        target.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() and Path(os.readlink(link)) == target:
-            return
-        if link.is_symlink():
-            link.unlink()
-        elif link.exists():
-            return  # the VM made a real directory there; leave its files alone
-        link.symlink_to(target, target_is_directory=True)
+        volume = self.volume_dir(view.data_volume) if view.data_volume else None
+        self._vms.mount_data(view.instance_id, volume)
 
-    def _instance_shutdown(self, vm: _Vm) -> None:
+    def _instance_shutdown(self, instance_id: str) -> None:
         """``shutdown`` from inside the VM: stop everything, then apply the shutdown behaviour."""
-        self._end_vm(vm)
+        self._end_vm(instance_id)
         with self._state_lock:
-            instance = self.ec2_backend.get_instance(vm.instance_id)
+            instance = self.ec2_backend.get_instance(instance_id)
             if instance._state.name != "running":
                 return
             if instance.instance_initiated_shutdown_behavior == "terminate":
@@ -1031,57 +908,12 @@ class FakeAws:
                 instance.stop()
             instance.state_reason = StateReason(INSTANCE_SHUTDOWN[1], INSTANCE_SHUTDOWN[0])
 
-    def _track_descendants(self, vm: _Vm) -> None:
-        try:
-            children = psutil.Process(vm.proc.pid).children(recursive=True)
-        except psutil.Error:
-            return
-        for child in children:
-            try:
-                vm.tracked.setdefault(child.pid, child.create_time())
-            except psutil.Error:
-                continue
-
-    def _members(self, vm: _Vm) -> list[psutil.Process]:
-        """Live processes of a VM: its session and process group, plus descendants seen earlier."""
-        vm.proc.poll()  # reap the leader so it does not linger as a zombie
-        found: dict[int, psutil.Process] = {}
-        for pid in psutil.pids():
-            try:
-                if os.getsid(pid) == vm.proc.pid or os.getpgid(pid) == vm.proc.pid:
-                    found[pid] = psutil.Process(pid)
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                continue
-        for pid, created in vm.tracked.items():
-            try:
-                proc = psutil.Process(pid)
-                if proc.create_time() == created:
-                    found[pid] = proc
-            except psutil.Error:
-                continue
-        return [proc for proc in found.values() if _alive(proc)]
-
-    def _end_vm(self, vm: _Vm) -> None:
+    def _end_vm(self, instance_id: str) -> None:
         """The VM is gone: SIGKILL all its processes and stop its metadata server; its disks stay."""
-        if not vm.ended:
-            try:
-                os.killpg(vm.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for proc in self._members(vm):
-            try:
-                proc.kill()
-            except psutil.Error:
-                continue
-        try:
-            vm.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            log.warning("VM %s leader %s did not exit after SIGKILL", vm.instance_id, vm.proc.pid)
-        if not vm.ended:
-            vm.imds.shutdown()
-            vm.imds.server_close()
-            vm.ended = True
+        self._vms.kill(instance_id)
+        if imds := self._imds.pop(instance_id, None):
+            imds.stop()
 
-    def _end_all_vms(self) -> None:
-        for vm in self._vms.values():
-            self._end_vm(vm)
+    def _stop_imds(self) -> None:
+        for instance_id in list(self._imds):
+            self._imds.pop(instance_id).stop()

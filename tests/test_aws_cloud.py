@@ -19,7 +19,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from .aws_cloud import FakeAws, wait_until
+from .aws_cloud import FakeAws
+from .waiting import wait_for
 
 AMI = "ami-12345678"
 DATA_BDM = [{"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 1, "DeleteOnTermination": False}}]
@@ -142,14 +143,14 @@ def test_injected_launch_errors_use_ec2_status_and_xml(fake: FakeAws, code: str,
 
 
 def test_throttle_then_success_and_what_botocore_retries_hide(fake: FakeAws):
-    fake.throttle("RunInstances", times=1)
+    fake.throttle(times=1)
     code, status, _ = error_of(lambda: launch_with(fake.client("ec2", max_attempts=1)))
     assert (code, status) == ("RequestLimitExceeded", 503)
     assert launch_with(fake.client("ec2", max_attempts=1))
 
     # A default client retries 5xx and throttling by itself: one throttle is invisible, but still a request.
     fake.reset_calls()
-    fake.throttle("DescribeInstances", times=1)
+    fake.throttle(times=1, action="DescribeInstances")
     ec2 = fake.client("ec2")
     ec2.describe_instances()
     assert fake.calls["DescribeInstances"] == 2
@@ -164,10 +165,10 @@ def test_throttle_then_success_and_what_botocore_retries_hide(fake: FakeAws):
 def test_botocore_max_attempts_1_still_retries_once(fake: FakeAws):
     # botocore reads retries={"max_attempts": N} as N retries: one injected failure is invisible.
     ec2 = fake.client("ec2", config=Config(retries={"max_attempts": 1}))
-    fake.throttle("RunInstances", times=1)
+    fake.throttle(times=1)
     assert launch_with(ec2)
     assert fake.calls["RunInstances"] == 2
-    fake.throttle("RunInstances", times=2)
+    fake.throttle(times=2)
     assert error_of(lambda: launch_with(ec2))[:2] == ("RequestLimitExceeded", 503)
 
 
@@ -206,7 +207,7 @@ def test_spot_launch_gets_a_spot_request_and_price_history_is_moto_placeholder(f
     assert [(h["AvailabilityZone"], h["SpotPrice"]) for h in history] == [("us-east-1a", "0.00001")]
 
     ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
-    wait_until(lambda: ec2.describe_spot_instance_requests()["SpotInstanceRequests"][0]["State"] == "closed", 60)
+    wait_for(lambda: ec2.describe_spot_instance_requests()["SpotInstanceRequests"][0]["State"] == "closed", 60)
     closed = ec2.describe_spot_instance_requests()["SpotInstanceRequests"][0]
     assert closed["Status"]["Code"] == "instance-terminated-by-user"
 
@@ -219,12 +220,12 @@ def test_preempt_with_notice(fake: FakeAws):
     instance = launch(fake, NOTICE_WATCHER, InstanceMarketOptions=SPOT, SubnetId=subnet, BlockDeviceMappings=DATA_BDM)
     instance_id, volume = instance["InstanceId"], data_volume(instance)
     volume_dir = fake.volume_dir(volume)
-    wait_until(lambda: (volume_dir / "started").exists(), 60, what="user data to start")
+    wait_for(lambda: (volume_dir / "started").exists(), 60, what="user data to start")
 
     fake.preempt(instance_id, notice_seconds=1.5)
     marked = fake.client("ec2").describe_spot_instance_requests()["SpotInstanceRequests"][0]
     assert marked["Status"]["Code"] == "marked-for-termination"
-    wait_until(lambda: (volume_dir / "notice.json").exists(), 60, what="the VM to see the notice")
+    wait_for(lambda: (volume_dir / "notice.json").exists(), 60, what="the VM to see the notice")
     assert fake.instance_state(instance_id) == "running"  # the notice comes before the kill
     notice = json.loads((volume_dir / "notice.json").read_text())
     assert notice["action"] == "terminate"
@@ -248,7 +249,7 @@ def test_preempt_with_notice(fake: FakeAws):
 def test_preempt_without_notice_and_lose(fake: FakeAws):
     spot = launch(fake, SLEEPER, InstanceMarketOptions=SPOT)["InstanceId"]
     lost = launch(fake, SLEEPER, InstanceMarketOptions=SPOT)["InstanceId"]
-    wait_until(lambda: "booted" in fake.console(spot) and "booted" in fake.console(lost), 60)
+    wait_for(lambda: "booted" in fake.console(spot) and "booted" in fake.console(lost), 60)
 
     fake.preempt(spot, notice_seconds=None)
     assert describe(fake, spot)["StateReason"]["Code"] == "Server.SpotInstanceTermination"  # at once
@@ -268,7 +269,7 @@ def test_preempt_without_notice_and_lose(fake: FakeAws):
 def test_imds_requires_v2_tokens_and_shows_rebalance(fake: FakeAws):
     instance = launch(fake, SLEEPER, InstanceMarketOptions=SPOT, Placement={"AvailabilityZone": "us-east-1c"})
     instance_id = instance["InstanceId"]
-    base = wait_until(lambda: fake.imds_endpoint(instance_id), 60).rstrip("/")
+    base = wait_for(lambda: fake.imds_endpoint(instance_id), 60).rstrip("/")
 
     def get(path: str, token: str | None) -> tuple[int, str]:
         headers = {"X-aws-ec2-metadata-token": token} if token else {}
@@ -348,10 +349,10 @@ def test_runner_shutdown_terminates_and_volume_moves_to_another_instance(fake: F
 
     # Stop behaviour (EC2's default) and a volume attached while the user data is already running.
     reader_id = launch(fake, READER, SubnetId=subnet)["InstanceId"]
-    wait_until(lambda: "waiting" in fake.console(reader_id), 60, what="reader to start")
+    wait_for(lambda: "waiting" in fake.console(reader_id), 60, what="reader to start")
     ec2.attach_volume(VolumeId=volume, InstanceId=reader_id, Device="/dev/sdf")
     copied = fake.vm_dir(reader_id) / "root" / "copied"
-    wait_until(copied.exists, 60, what="the attached volume to appear as root/data")
+    wait_for(copied.exists, 60, what="the attached volume to appear as root/data")
     ec2.detach_volume(VolumeId=volume, InstanceId=reader_id, Device="/dev/sdf")
     assert fake.wait_gone(reader_id, timeout=60) == "stopped"
     assert copied.read_text() == "hello\n"
@@ -371,12 +372,12 @@ def test_vm_reaches_s3_with_its_instance_environment(fake: FakeAws):
 def test_api_terminate_kills_at_once_and_finished_user_data_keeps_instance_running(fake: FakeAws):
     sleeper = launch(fake, SLEEPER)["InstanceId"]
     done = launch(fake, "#!/bin/bash\necho done\n")["InstanceId"]
-    wait_until(lambda: "booted" in fake.console(sleeper) and "done" in fake.console(done), 60)
+    wait_for(lambda: "booted" in fake.console(sleeper) and "done" in fake.console(done), 60)
     victims = fake.processes_alive()
     assert victims
 
     fake.client("ec2").terminate_instances(InstanceIds=[sleeper])
-    wait_until(lambda: not fake.processes_alive(), 60, interval=0.01, what="VM processes to die")
+    wait_for(lambda: not fake.processes_alive(), 60, interval=0.01, what="VM processes to die")
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
                    for pid in victims)
     time.sleep(0.3)
@@ -387,7 +388,7 @@ def test_held_termination_and_a_data_volume_marked_delete_on_termination(fake: F
     ec2 = fake.client("ec2")
     instance_id = launch(fake, SLEEPER, BlockDeviceMappings=DATA_BDM)["InstanceId"]
     volume = data_volume(describe(fake, instance_id))
-    wait_until(lambda: "booted" in fake.console(instance_id), 60)
+    wait_for(lambda: "booted" in fake.console(instance_id), 60)
 
     def mark(device: str = "/dev/sdf"):
         return ec2.modify_instance_attribute(InstanceId=instance_id, BlockDeviceMappings=[
@@ -402,7 +403,7 @@ def test_held_termination_and_a_data_volume_marked_delete_on_termination(fake: F
     fake.hold_termination(instance_id)
     [change] = ec2.terminate_instances(InstanceIds=[instance_id])["TerminatingInstances"]
     assert (change["PreviousState"]["Name"], change["CurrentState"]["Name"]) == ("running", "shutting-down")
-    wait_until(lambda: not fake.processes_alive(), 60, what="the VM to be killed")
+    wait_for(lambda: not fake.processes_alive(), 60, what="the VM to be killed")
     assert describe(fake, instance_id)["State"] == {"Code": 32, "Name": "shutting-down"}
     # Still attached while EC2 tears the instance down: not deletable, no longer modifiable.
     assert ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["State"] == "in-use"
@@ -427,11 +428,11 @@ def test_close_kills_every_vm_process_including_escaped_sessions(tmp_path: Path)
     cloud = FakeAws(tmp_path / "aws")
     try:
         instance_id = launch(cloud, script)["InstanceId"]
-        wait_until(lambda: "booted" in cloud.console(instance_id), 60)
-        pids = wait_until(lambda: (p := cloud.processes_alive()) and len(p) >= 3 and p, 60, what="3 VM processes")
-        wait_until(lambda: len(cloud.tracked(instance_id)) >= 2, 60, what="the runner to record the descendants")
+        wait_for(lambda: "booted" in cloud.console(instance_id), 60)
+        pids = wait_for(lambda: (p := cloud.processes_alive()) and len(p) >= 3 and p, 60, what="3 VM processes")
+        wait_for(lambda: len(cloud.tracked(instance_id)) >= 2, 60, what="the runner to record the descendants")
         go.touch()
-        wait_until(escaped.exists, 60, what="the escapee to leave its session")
+        wait_for(escaped.exists, 60, what="the escapee to leave its session")
         with pytest.raises(RuntimeError, match="another FakeAws"):
             FakeAws(tmp_path / "other")
     finally:

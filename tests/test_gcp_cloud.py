@@ -1,4 +1,4 @@
-"""The offline Google Cloud (tests/gcp_cloud.py) driven through the real clients: google-cloud-compute's REST
+"""The offline Google Cloud (tests/gcp_fake/) driven through the real clients: google-cloud-compute's REST
 clients, google-auth service-account and metadata-server credentials, gcsfs and Airflow's ObjectStoragePath."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from google.cloud import compute_v1
 from google.oauth2 import credentials as oauth2_credentials
 from google.oauth2 import service_account
 
-from .gcp_cloud import FakeGcp, FakeGcs, FilterError, compile_filter
+from .gcp_fake import FakeGcp, FakeGcs, FilterError, compile_filter
 from .waiting import wait_for
 
 PROJECT, ZONE_A, ZONE_B = "test-project", "us-central1-a", "us-central1-b"
@@ -51,8 +51,12 @@ def clients(fake: FakeGcp, credentials=None) -> SimpleNamespace:
     kwargs = {"credentials": credentials or AnonymousCredentials(), "transport": "rest",
               "client_options": fake.client_options()}
     return SimpleNamespace(instances=compute_v1.InstancesClient(**kwargs), disks=compute_v1.DisksClient(**kwargs),
-                           ops=compute_v1.ZoneOperationsClient(**kwargs),
-                           snapshots=compute_v1.SnapshotsClient(**kwargs))
+                           ops=compute_v1.ZoneOperationsClient(**kwargs))
+
+
+def vm_id(name: str, zone: str = ZONE_A) -> str:
+    """The backend's id of an instance, which the fake's control layer takes."""
+    return f"{zone}/{name}"
 
 
 def spot_vm(name: str, zone: str = ZONE_A, *, labels=None, script: str | None = None, action: str = "STOP",
@@ -176,7 +180,7 @@ def test_bad_filters_are_rejected(text):
 
 def test_zone_resource_pool_exhausted_in_one_zone_only(fake):
     api = clients(fake)
-    fake.fail_insert("ZONE_RESOURCE_POOL_EXHAUSTED", zone=ZONE_A)
+    fake.fail_launch("ZONE_RESOURCE_POOL_EXHAUSTED", zone=ZONE_A)
     operation = insert(api, spot_vm("big", ZONE_A))  # the call succeeds: the operation carries the error
     with pytest.raises(exceptions.ServiceUnavailable) as caught:
         operation.result()
@@ -189,24 +193,28 @@ def test_zone_resource_pool_exhausted_in_one_zone_only(fake):
     insert(api, spot_vm("big", ZONE_B)).result()
     assert fake.instance(PROJECT, ZONE_B, "big")
 
-    fake.fail_insert("QUOTA_EXCEEDED", zone=ZONE_B, machine_type="g2-standard-4", times=1)
+    fake.fail_launch("QUOTA_EXCEEDED", zone=ZONE_B, instance_type="g2-standard-4", times=1)
     with pytest.raises(exceptions.Forbidden) as quota:
         insert(api, spot_vm("gpu", ZONE_B, machine="g2-standard-4")).result()
     assert quota.value.errors[0].code == "QUOTA_EXCEEDED"
     insert(api, spot_vm("gpu", ZONE_B, machine="g2-standard-4")).result()  # times=1: the next one works
 
-    fake.fail_insert("rateLimitExceeded", zone=ZONE_B, times=1)
+    fake.fail_launch("rateLimitExceeded", zone=ZONE_B, times=1)
     with pytest.raises(exceptions.TooManyRequests) as limited:  # on the call itself, not the operation
         insert(api, spot_vm("again", ZONE_B))
     assert limited.value.errors[0]["reason"] == "rateLimitExceeded"
-    fake.fail_insert("rateLimitExceeded", zone=ZONE_B, times=1, status=403)
+    fake.fail_launch("rateLimitExceeded", zone=ZONE_B, times=1, status=403)
     with pytest.raises(exceptions.Forbidden):
         insert(api, spot_vm("again", ZONE_B))
+    fake.throttle(times=1)  # any zone and machine type
+    with pytest.raises(exceptions.TooManyRequests):
+        insert(api, spot_vm("again", ZONE_B, machine="e2-medium"))
+    insert(api, spot_vm("again", ZONE_B, machine="e2-medium")).result()
 
 
 def test_request_id_of_a_failed_insert_returns_the_same_failed_operation(fake):
     api = clients(fake)
-    fake.fail_insert("ZONE_RESOURCE_POOL_EXHAUSTED", zone=ZONE_A, times=1)
+    fake.fail_launch("ZONE_RESOURCE_POOL_EXHAUSTED", zone=ZONE_A, times=1)
     request_id = str(uuid.uuid4())
     with pytest.raises(exceptions.ServiceUnavailable):
         insert(api, spot_vm("vm"), request_id=request_id).result()
@@ -221,7 +229,7 @@ def test_strict_about_what_the_real_api_rejects(fake):
         insert(api, spot_vm("vm", labels={"dag": "My_DAG"}))
     with pytest.raises(exceptions.BadRequest, match="machineType"):
         insert(api, {**spot_vm("vm"), "machine_type": "zones/us-east1-b/machineTypes/e2-small"}, zone=ZONE_A)
-    status, text = fake._dispatch("POST", f"/compute/v1/projects/{PROJECT}/zones/{ZONE_A}/instances", {},
+    status, text = fake.api.dispatch("POST", f"/compute/v1/projects/{PROJECT}/zones/{ZONE_A}/instances", {},
                                   json.dumps({"name": "vm", "provisioningModl": "SPOT"}).encode(), {})
     assert status == 400 and "provisioningModl" in text
     insert(api, spot_vm("vm", labels={"a": "1"})).result()
@@ -234,6 +242,8 @@ def test_strict_about_what_the_real_api_rejects(fake):
     assert api.instances.get(project=PROJECT, zone=ZONE_A, instance="vm").labels == {"a": "2"}
     with pytest.raises(exceptions.NotFound):
         api.instances.get(project=PROJECT, zone=ZONE_A, instance="nope")
+    with pytest.raises(exceptions.NotFound, match="projects/other"):  # the fake holds one project
+        api.instances.get(project="other", zone=ZONE_A, instance="vm")
 
 
 def test_service_account_credentials_work_and_forgeries_do_not(fake):
@@ -292,16 +302,17 @@ def test_preempt_with_notice(fake):
     data = fake.disk_dir(ZONE_A, "spot-data-1")
     vm = fake.instance(PROJECT, ZONE_A, "spot")
     assert wait_for(lambda: (data / "ready").exists() and (data / "ready").read_text()) == vm["id"]
+    assert fake.data_dir(vm_id("spot")).resolve() == data.resolve()  # the data disk, as the VM sees it
     assert (data / "before").read_text() == "FALSE"
 
     started = time.time()
     grace = 10.0  # GCE gives 30 s; long enough here that a loaded machine sees the soft-off phase
-    fake.preempt(PROJECT, ZONE_A, "spot", notice_seconds=grace)
+    fake.preempt(vm_id("spot"), notice_seconds=grace)
     notice = json.loads(wait_for(lambda: (data / "notice").exists() and (data / "notice").read_text(), timeout=60))
     assert notice["value"] == "TRUE" and notice["time"] - started < grace  # the long-poll returned before hard-off
     assert wait_for(lambda: (data / "sigterm").exists(), timeout=60)  # ACPI soft-off
     assert fake.instance(PROJECT, ZONE_A, "spot")["status"] == "STOPPING" and fake.processes_alive()
-    fake.wait_status(PROJECT, ZONE_A, "spot", "TERMINATED", timeout=60)
+    assert fake.wait_gone(vm_id("spot")) == "TERMINATED"
     assert time.time() - started >= grace and not fake.processes_alive()
 
     link = vm["selfLink"]
@@ -318,8 +329,8 @@ def test_preempt_with_delete_action_keeps_only_disks_without_auto_delete(fake):
     insert(api, spot_vm("gone", action="DELETE", data_disk="keep-me", script="sleep 60")).result()
     fake.wait_status(PROJECT, ZONE_A, "gone", "RUNNING")
     wait_for(fake.processes_alive)
-    fake.preempt(PROJECT, ZONE_A, "gone", notice_seconds=None)
-    fake.wait_status(PROJECT, ZONE_A, "gone", None, timeout=60)
+    fake.preempt(vm_id("gone"), notice_seconds=None)
+    assert fake.wait_gone(vm_id("gone")) == "DELETED"
     assert not fake.processes_alive()
     with pytest.raises(exceptions.NotFound):
         api.disks.get(project=PROJECT, zone=ZONE_A, disk="gone")  # the boot disk had autoDelete
@@ -331,11 +342,16 @@ def test_preempt_with_delete_action_keeps_only_disks_without_auto_delete(fake):
 
     insert(api, {**spot_vm("standard"), "scheduling": {"provisioning_model": "STANDARD"}}).result()
     with pytest.raises(ValueError, match="not a spot"):
-        fake.preempt(PROJECT, ZONE_A, "standard")
-    fake.lose(PROJECT, ZONE_A, "standard")  # a host error: no preempted operation
+        fake.preempt(vm_id("standard"))
+    fake.lose(vm_id("standard"))  # a host error: no preempted operation
     assert fake.instance(PROJECT, ZONE_A, "standard")["status"] == "TERMINATED"
     assert len(list(api.ops.list(request={"project": PROJECT, "zone": ZONE_A,
                                           "filter": 'operationType = "compute.instances.preempted"'}))) == 1
+    (host_error,) = api.ops.list(request={"project": PROJECT, "zone": ZONE_A,
+                                          "filter": 'operationType = "compute.instances.hostError"'})
+    assert host_error.target_link.endswith("/instances/standard")
+    with pytest.raises(ValueError, match="TERMINATED"):
+        fake.lose(vm_id("standard"))
 
 
 def test_set_disk_auto_delete_and_a_held_deletion(fake):
@@ -348,13 +364,13 @@ def test_set_disk_auto_delete_and_a_held_deletion(fake):
                          ({"autoDelete": "yes", "deviceName": "spot-data"}, "'autoDelete': 'yes'"),
                          ({"autoDelete": "true"}, "'deviceName' not specified"),
                          ({"autoDelete": "true", "deviceName": "nope"}, "device name 'nope'")):
-        status, text = fake._dispatch("POST", path, query, b"", {})
+        status, text = fake.api.dispatch("POST", path, query, b"", {})
         assert status == 400 and named in text, text
     api.instances.set_disk_auto_delete(project=PROJECT, zone=ZONE_A, instance="vm", auto_delete=True,
                                        device_name="spot-data").result()
     assert [d["autoDelete"] for d in fake.instance(PROJECT, ZONE_A, "vm")["disks"]] == [True, True]
 
-    fake.hold_deletion(PROJECT, ZONE_A, "vm")
+    fake.hold_termination(vm_id("vm"))
     op = api.instances.delete_unary(project=PROJECT, zone=ZONE_A, instance="vm")
     assert op.status == compute_v1.Operation.Status.RUNNING
     assert fake.instance(PROJECT, ZONE_A, "vm")["status"] == "STOPPING" and not fake.processes_alive()
@@ -363,7 +379,7 @@ def test_set_disk_auto_delete_and_a_held_deletion(fake):
         api.instances.set_disk_auto_delete(project=PROJECT, zone=ZONE_A, instance="vm", auto_delete=False,
                                            device_name="spot-data")
     assert api.ops.get(project=PROJECT, zone=ZONE_A, operation=op.name).status == compute_v1.Operation.Status.RUNNING
-    fake.finish_deletion(PROJECT, ZONE_A, "vm")
+    fake.finish_termination(vm_id("vm"))
     assert api.ops.get(project=PROJECT, zone=ZONE_A, operation=op.name).status == compute_v1.Operation.Status.DONE
     assert fake.instance(PROJECT, ZONE_A, "vm") is None
     with pytest.raises(exceptions.NotFound):  # autoDelete: it went with the VM
@@ -383,14 +399,14 @@ def test_startup_script_writes_to_the_data_disk_and_shuts_down(fake):
     data = fake.disk_dir(ZONE_A, "worker-data")
     assert (data / "x").read_text().startswith("hello from")
     shim = (data / "which").read_text().strip()
-    assert shim == str(fake.vm_dir("worker") / "bin" / "shutdown")  # before /usr/sbin/shutdown, even as root
-    env = dict(line.split("=", 1) for line in (fake.vm_dir("worker") / "root" / "env").read_text().splitlines()
+    assert shim == str(fake.vm_dir(vm_id("worker")) / "bin" / "shutdown")  # before /usr/sbin/shutdown, even as root
+    env = dict(line.split("=", 1) for line in (fake.vm_dir(vm_id("worker")) / "root" / "env").read_text().splitlines()
                if "=" in line)
-    assert env["PATH"].split(":")[:2] == [str(fake.vm_dir("worker") / "bin"), str(Path(PY).parent)]
-    assert env["HOME"] == env["SPOT_ROOT"] == str(fake.vm_dir("worker") / "root")
-    assert env["GCE_METADATA_HOST"] == fake.metadata_host(PROJECT, ZONE_A, "worker") == env["GCE_METADATA_IP"]
+    assert env["PATH"].split(":")[:2] == [str(fake.vm_dir(vm_id("worker")) / "bin"), str(Path(PY).parent)]
+    assert env["HOME"] == env["SPOT_ROOT"] == str(fake.vm_dir(vm_id("worker")) / "root")
+    assert env["GCE_METADATA_HOST"] == fake.metadata_host(vm_id("worker")) == env["GCE_METADATA_IP"]
     assert env["STORAGE_EMULATOR_HOST"] == fake.gcs.url and "AIRFLOW_HOME" not in env
-    assert "on the console" in fake.console("worker")
+    assert "on the console" in fake.console(vm_id("worker"))
     serial = api.instances.get_serial_port_output(project=PROJECT, zone=ZONE_A, instance="worker")
     assert "on the console" in serial.contents
     assert not fake.processes_alive()
@@ -398,13 +414,13 @@ def test_startup_script_writes_to_the_data_disk_and_shuts_down(fake):
     api.instances.start(project=PROJECT, zone=ZONE_A, instance="worker").result()  # startup scripts run every boot
     fake.wait_status(PROJECT, ZONE_A, "worker", "RUNNING")
     fake.wait_status(PROJECT, ZONE_A, "worker", "TERMINATED", timeout=60)
-    assert fake.console("worker").count("on the console") == 2
+    assert fake.console(vm_id("worker")).count("on the console") == 2
 
 
 def test_metadata_server(fake):
     api = clients(fake)
     insert(api, spot_vm("md", script="sleep 60")).result()
-    host = fake.metadata_host(PROJECT, ZONE_A, "md")
+    host = fake.metadata_host(vm_id("md"))
 
     def get(path, flavor=True):
         request = urllib.request.Request(f"http://{host}/computeMetadata/v1/{path}",
@@ -428,6 +444,11 @@ def test_metadata_server(fake):
     started = time.monotonic()
     assert get("instance/preempted?wait_for_change=true&timeout_sec=1") == "FALSE"  # nothing changed: timeout
     assert 0.9 < time.monotonic() - started < 3
+    # A rebalance is GCE's host-maintenance event, an early warning.
+    assert get("instance/maintenance-event") == "NONE"
+    fake.rebalance(vm_id("md"))
+    assert get("instance/maintenance-event") == "TERMINATE_ON_HOST_MAINTENANCE"
+    assert fake.instance(PROJECT, ZONE_A, "md")["status"] in ("PROVISIONING", "RUNNING")  # not an interruption
     # The VM's own token is good for the Compute API (e.g. an agent looking itself up).
     vm_creds = oauth2_credentials.Credentials(token["access_token"])
     vm_api = compute_v1.InstancesClient(credentials=vm_creds, transport="rest", client_options=fake.client_options())
@@ -441,7 +462,7 @@ def test_disk_attached_later_to_another_instance(fake):
     insert(api, spot_vm("rescuer")).result()
     disk_dir = fake.disk_dir(ZONE_A, "ckpt-disk")
     wait_for(lambda: (disk_dir / "ckpt").exists())
-    fake.preempt(PROJECT, ZONE_A, "trainer", notice_seconds=None)
+    fake.preempt(vm_id("trainer"), notice_seconds=None)
     fake.wait_status(PROJECT, ZONE_A, "trainer", "TERMINATED")
     disk_url = api.disks.get(project=PROJECT, zone=ZONE_A, disk="ckpt-disk").self_link
 
@@ -451,28 +472,18 @@ def test_disk_attached_later_to_another_instance(fake):
     with pytest.raises(exceptions.BadRequest, match="already being used"):
         api.disks.delete(project=PROJECT, zone=ZONE_A, disk="ckpt-disk")
     api.instances.detach_disk(project=PROJECT, zone=ZONE_A, instance="trainer", device_name="spot-data").result()
-    assert not (fake.vm_dir("trainer") / "root" / "data").exists()
+    assert not (fake.vm_dir(vm_id("trainer")) / "root" / "data").exists()
     fake.wait_status(PROJECT, ZONE_A, "rescuer", "RUNNING")
     api.instances.attach_disk(project=PROJECT, zone=ZONE_A, instance="rescuer", attached_disk_resource=attach).result()
-    rescued = fake.vm_dir("rescuer") / "root" / "data" / "ckpt"
+    rescued = fake.vm_dir(vm_id("rescuer")) / "root" / "data" / "ckpt"
     assert wait_for(lambda: rescued.exists() and rescued.read_text()) == "step-7\n"
     assert api.disks.get(project=PROJECT, zone=ZONE_A, disk="ckpt-disk").users == [
         api.instances.get(project=PROJECT, zone=ZONE_A, instance="rescuer").self_link]
 
-    api.disks.create_snapshot(project=PROJECT, zone=ZONE_A, disk="ckpt-disk",
-                              snapshot_resource={"name": "ckpt-snap", "labels": {"job": "x"}}).result()
     api.instances.detach_disk(project=PROJECT, zone=ZONE_A, instance="rescuer", device_name="spot-data").result()
-    assert not (fake.vm_dir("rescuer") / "root" / "data").exists()
+    assert not (fake.vm_dir(vm_id("rescuer")) / "root" / "data").exists()
     api.disks.delete(project=PROJECT, zone=ZONE_A, disk="ckpt-disk").result()
     assert not disk_dir.exists()
-    assert [s.name for s in api.snapshots.list(request={"project": PROJECT, "filter": 'labels.job = "x"'})] == [
-        "ckpt-snap"]
-    api.disks.insert(project=PROJECT, zone=ZONE_A, disk_resource={
-        "name": "restored", "source_snapshot": "global/snapshots/ckpt-snap"}).result()
-    assert (fake.disk_dir(ZONE_A, "restored") / "ckpt").read_text() == "step-7\n"
-    api.snapshots.delete(project=PROJECT, snapshot="ckpt-snap").result()
-    with pytest.raises(exceptions.NotFound):
-        api.snapshots.get(project=PROJECT, snapshot="ckpt-snap")
 
 
 # -- GCS ---------------------------------------------------------------------------------------------------------
@@ -513,7 +524,7 @@ print("ok")
 EOF
 """
     insert(clients(fake), spot_vm("uploader", script=script)).result()
-    out = fake.vm_dir("uploader") / "root" / "out"
+    out = fake.vm_dir(vm_id("uploader")) / "root" / "out"
     text = wait_for(lambda: out.exists() and "\n" in out.read_text() and out.read_text().count("\n") >= 2
                     and out.read_text(), timeout=30)
     assert text.splitlines() == ["google.auth.compute_engine.credentials", "ok"], text
@@ -539,6 +550,8 @@ def test_no_processes_outlive_close(tmp_path):
 
         assert len(wait_for(lambda: len(escaped()) == 2 and escaped())) == 2
         pids = wait_for(lambda: len(fake.processes_alive()) >= 8 and fake.processes_alive())
+        wait_for(lambda: set(escaped()) <= fake.tracked(vm_id("one")) | fake.tracked(vm_id("two")),
+                 what="the runner to record the processes that left their group")
     finally:
         fake.close()
     assert not fake.processes_alive()
@@ -552,7 +565,7 @@ def test_reset_forgets_resources_but_keeps_keys(fake):
     api = clients(fake, creds)
     insert(api, spot_vm("vm", script="sleep 60", data_disk="vm-data")).result()
     wait_for(fake.processes_alive)
-    fake.fail_insert("ZONE_RESOURCE_POOL_EXHAUSTED")
+    fake.fail_launch("ZONE_RESOURCE_POOL_EXHAUSTED")
     fake.reset()
     assert not fake.processes_alive() and not fake.calls and not fake.disk_dir(ZONE_A, "vm-data").exists()
     assert list(api.instances.list(project=PROJECT, zone=ZONE_A)) == []

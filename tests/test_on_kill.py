@@ -1,6 +1,6 @@
 """The trigger's on_kill: it destroys the attempt only when a user really ended the task ("Nothing leaks" in
 docs/design.md).
-The real mark-failed path through Airflow's triggerer is in test_cluster_reliability.py."""
+The real mark-failed path through Airflow's triggerer is in test_cluster_scenarios.py."""
 
 from __future__ import annotations
 

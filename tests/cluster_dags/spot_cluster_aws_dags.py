@@ -1,4 +1,5 @@
-"""DAGs run by the real Airflow cluster of the AWS reliability tests (``tests/test_cluster_aws.py``).
+"""DAGs run by the real Airflow cluster of the AWS reliability tests (``tests/test_cluster_scenarios.py``,
+``tests/test_cluster_aws.py``).
 
 One single-task DAG per scenario, each a :class:`SpotTrainingOperator` on the AWS backend (EC2 and S3
 of the test's in-process moto, whose VM runner runs the user data as local processes) running the real

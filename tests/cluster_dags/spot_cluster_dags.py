@@ -1,4 +1,5 @@
-"""DAGs run by the real Airflow cluster of the reliability tests (``tests/test_cluster_reliability.py``).
+"""DAGs run by the real Airflow cluster of the reliability tests (``tests/test_cluster_scenarios.py``,
+``tests/test_cluster_reliability.py``, ``tests/test_ui.py``).
 
 One single-task DAG per scenario, each a :class:`SpotTrainingOperator` on the local backend running
 the real NumPy training script, paced with ``--min-epoch-seconds`` so a job takes long enough for

@@ -1,4 +1,4 @@
-"""DAGs run by the real Airflow cluster of the GCP reliability tests (``tests/test_cluster_gcp.py``).
+"""DAGs run by the real Airflow cluster of the GCP reliability tests (``tests/test_cluster_scenarios.py``).
 
 One single-task DAG per scenario, each a :class:`SpotTrainingOperator` on the GCP backend (the test's
 in-process fake Compute Engine API, whose VM runner runs each startup script as a local process, and the
