@@ -14,9 +14,8 @@ from urllib.parse import urlparse
 from airflow.plugins_manager import AirflowPlugin
 
 URL_PREFIX = "/spot"
-#: The React apps' names: the Airflow UI shows them as the tab's and the menu entry's labels. It looks for the
-#: component in ``globalThis[name]``, then in ``globalThis.AirflowPlugin``, which each bundle also sets (besides
-#: its own global, ``SpotAttempts`` / ``SpotTraining``).
+#: The React apps' names: the Airflow UI shows them as the tab's and the menu entry's labels, and takes the
+#: component from ``globalThis[name]``, which each bundle sets (``www/vite.config.ts`` holds the same names).
 ATTEMPTS_APP, TRAINING_APP = "Spot attempts", "Spot training"
 
 

@@ -6,12 +6,15 @@ import { fileURLToPath } from "node:url";
 
 import { defineConfig } from "vite";
 
-type App = { entry: string; fileName: string; globalName: string };
+type App = { entry: string; fileName: string; appName: string };
 
-// globalName is the global the bundle assigns; the Airflow plugin registers each app under that name.
+// appName is the react app's name in the Airflow plugin (spot_plugin.py), also the label the UI shows. The
+// bundle assigns its component to globalThis[appName], the first place the Airflow UI looks. It does not set
+// globalThis.AirflowPlugin: the UI clears that before each plugin load and reads it when the load ends, so two
+// loads in flight at once (this app's and another's) would hand one of them the other's component.
 const APPS: Record<string, App> = {
-  attempts: { entry: "src/attempts/main.tsx", fileName: "spot-attempts.js", globalName: "SpotAttempts" },
-  training: { entry: "src/training/main.tsx", fileName: "spot-training.js", globalName: "SpotTraining" },
+  attempts: { entry: "src/attempts/main.tsx", fileName: "spot-attempts.js", appName: "Spot attempts" },
+  training: { entry: "src/training/main.tsx", fileName: "spot-training.js", appName: "Spot training" },
 };
 const FIRST_APP = "attempts";
 
@@ -46,7 +49,7 @@ export default defineConfig(({ mode }) => {
       lib: {
         entry: app.entry,
         formats: ["umd"],
-        name: app.globalName,
+        name: app.appName,
         fileName: () => app.fileName,
       },
       rollupOptions: {
@@ -54,8 +57,6 @@ export default defineConfig(({ mode }) => {
         output: {
           exports: "default",
           globals: HOST_GLOBALS,
-          // Hosts that only look at the generic global still find the component.
-          footer: `globalThis.AirflowPlugin=globalThis.${app.globalName};`,
         },
       },
     },

@@ -54,12 +54,9 @@ export function isoTime(iso: string | null | undefined): string {
   return Number.isNaN(parsed) ? iso : epochTime(parsed / 1000);
 }
 
-export function progressText(progress: Record<string, unknown> | null | undefined): string {
-  if (progress === null || progress === undefined) return "";
-  return Object.entries(progress)
-    .filter(([, value]) => typeof value === "number" || typeof value === "string")
-    .map(([key, value]) => `${key} ${String(value)}`)
-    .join(" · ");
+// "1 file", "3 files".
+export function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 export { DASH };

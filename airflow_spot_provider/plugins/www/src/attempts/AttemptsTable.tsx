@@ -1,12 +1,14 @@
-import { Badge, Box, Code, Stack, Table, Text } from "@chakra-ui/react";
+import { Badge, Code, Stack, Table, Text } from "@chakra-ui/react";
 
+import { DataTable } from "../components/DataTable";
 import { StatusBadge } from "../components/StatusBadge";
-import { DASH, duration, epochTime, money, pricePerHour, progressText } from "../format";
+import { DASH, duration, epochTime, money, plural, pricePerHour } from "../format";
+import { progressDetail, progressText } from "../progress";
 import type { Attempt } from "../types";
 import { backupSummary } from "./backupSave";
 
-const Small = ({ children }: { children: string }) => (
-  <Text fontSize="xs" color="fg.muted">
+const Small = ({ children, title }: { children: string; title?: string }) => (
+  <Text fontSize="xs" color="fg.muted" title={title}>
     {children}
   </Text>
 );
@@ -21,11 +23,11 @@ function ReasonCell({ attempt }: { attempt: Attempt }) {
     <Stack gap={0}>
       <Text>{attempt.reason || DASH}</Text>
       {attempt.exit_code === null ? null : <Small>{`exit code ${attempt.exit_code}`}</Small>}
-      {progress ? <Small>{progress}</Small> : null}
-      {attempt.capacity_waits > 0 ? <Small>{`${attempt.capacity_waits} capacity wait(s)`}</Small> : null}
+      {progress ? <Small title={progressDetail(attempt.progress)}>{progress}</Small> : null}
+      {attempt.capacity_waits > 0 ? <Small>{plural(attempt.capacity_waits, "capacity wait")}</Small> : null}
       {errors.length > 0 ? (
         <Text fontSize="xs" color="fg.error" title={errors.map((e) => `${e.code}: ${e.message}`).join("\n")}>
-          {`${errors.length} launch error(s): ${errors[errors.length - 1]?.code ?? ""}`}
+          {`${plural(errors.length, "launch error")}: ${errors[errors.length - 1]?.code ?? ""}`}
         </Text>
       ) : null}
     </Stack>
@@ -100,21 +102,10 @@ const COLUMNS = [
 
 export function AttemptsTable({ attempts }: { attempts: Attempt[] }) {
   return (
-    <Box overflowX="auto" borderWidth="1px" borderColor="border" borderRadius="md">
-      <Table.Root size="sm" data-testid="spot-attempts-table">
-        <Table.Header>
-          <Table.Row>
-            {COLUMNS.map((column) => (
-              <Table.ColumnHeader key={column}>{column}</Table.ColumnHeader>
-            ))}
-          </Table.Row>
-        </Table.Header>
-        <Table.Body>
-          {attempts.map((attempt) => (
-            <AttemptRow key={attempt.attempt} attempt={attempt} />
-          ))}
-        </Table.Body>
-      </Table.Root>
-    </Box>
+    <DataTable columns={COLUMNS} testId="spot-attempts-table">
+      {attempts.map((attempt) => (
+        <AttemptRow key={attempt.attempt} attempt={attempt} />
+      ))}
+    </DataTable>
   );
 }

@@ -1,8 +1,9 @@
-import { Badge, Box, Heading, HStack, Stack, Text } from "@chakra-ui/react";
+import { Badge, Text } from "@chakra-ui/react";
 
 import { apiUrl } from "../api";
 import { ErrorState } from "../components/ErrorState";
 import { Loading } from "../components/Loading";
+import { Page } from "../components/Page";
 import type { AttemptsResponse } from "../types";
 import { useApi } from "../useApi";
 import { AttemptsTable } from "./AttemptsTable";
@@ -10,11 +11,13 @@ import { Timeline } from "./Timeline";
 import { TotalsCard } from "./TotalsCard";
 
 const LIVE_REFRESH_MS = 5000;
+const TITLE = "Spot attempts";
 
-// Props the Airflow UI passes to a task instance plugin tab (route parameters, so strings).
+// Props the Airflow UI passes to a task instance plugin tab (route parameters, so strings). A mapped task
+// instance's tab is under `…/tasks/<task>/mapped/<index>/plugin/spot`, which sets mapIndex.
 export type PluginProps = { dagId?: string; runId?: string; taskId?: string; mapIndex?: string };
 
-// Mapped task instances: the route parameter, else a ?map_index= query, else -1 (not mapped).
+// The route parameter, else a ?map_index= query (links of earlier versions), else -1 (not mapped).
 function mapIndexOf(prop: string | undefined): number {
   const raw = prop ?? new URLSearchParams(window.location.search).get("map_index") ?? "";
   const parsed = raw === "" ? -1 : Number(raw);
@@ -26,17 +29,14 @@ const ERROR_HINTS: Record<number, string> = { 404: "This task instance has no sp
 function AttemptsView({ dagId, runId, taskId, mapIndex }: Required<Omit<PluginProps, "mapIndex">> & { mapIndex: number }) {
   const url = apiUrl("attempts", { dag_id: dagId, run_id: runId, task_id: taskId, map_index: mapIndex });
   const { data, error, loading } = useApi<AttemptsResponse>(url, (body) => (body.live ? LIVE_REFRESH_MS : null));
+  const live = data?.live ? (
+    <Badge colorPalette="blue" variant="surface" data-testid="spot-live">
+      live · refreshing every 5 s
+    </Badge>
+  ) : null;
 
   return (
-    <Stack gap={4} data-testid="spot-attempts" data-live={data?.live ? "true" : "false"}>
-      <HStack justify="space-between" wrap="wrap">
-        <Heading size="md">Spot attempts</Heading>
-        {data?.live ? (
-          <Badge colorPalette="blue" variant="surface" data-testid="spot-live">
-            live · refreshing every 5 s
-          </Badge>
-        ) : null}
-      </HStack>
+    <Page title={TITLE} titleSize="md" aside={live} data-testid="spot-attempts" data-live={data?.live ? "true" : "false"}>
       {error === null ? null : <ErrorState error={error} hints={ERROR_HINTS} />}
       {loading && data === null ? <Loading what="attempts" /> : null}
       {data === null ? null : (
@@ -54,16 +54,16 @@ function AttemptsView({ dagId, runId, taskId, mapIndex }: Required<Omit<PluginPr
           )}
         </>
       )}
-    </Stack>
+    </Page>
   );
 }
 
 export function SpotAttempts({ dagId, runId, taskId, mapIndex }: PluginProps) {
   if (!dagId || !runId || !taskId) {
     return (
-      <Box p={2}>
+      <Page title={TITLE} titleSize="md">
         <Text color="fg.muted">Open this tab from a task instance.</Text>
-      </Box>
+      </Page>
     );
   }
   return <AttemptsView dagId={dagId} runId={runId} taskId={taskId} mapIndex={mapIndexOf(mapIndex)} />;

@@ -1,6 +1,7 @@
-import { Box, Card, Grid, HStack, Stack, Text } from "@chakra-ui/react";
+import { Box, Grid, HStack, Stack, Text } from "@chakra-ui/react";
 import type { ReactNode } from "react";
 
+import { SectionCard } from "../components/SectionCard";
 import { StatusBadge, statusPalette } from "../components/StatusBadge";
 import { duration, epochTime } from "../format";
 import type { Attempt } from "../types";
@@ -126,37 +127,32 @@ export function Timeline({ attempts }: { attempts: Attempt[] }) {
   const at = (t: number) => ((t - t0) / Math.max(t1 - t0, 1)) * TRACK_PCT;
   const live = attempts.some((attempt) => attempt.ended_at === null);
   return (
-    <Card.Root size="sm" variant="outline" data-testid="spot-timeline">
-      <Card.Header>
-        <Card.Title>Timeline</Card.Title>
-      </Card.Header>
-      <Card.Body>
-        <Stack gap={2}>
-          {spans.map((span, index) => (
-            <Grid key={span.attempt.attempt} templateColumns="8rem 1fr" gap={3} alignItems="center">
-              <HStack gap={2}>
-                <Text fontSize="sm" fontWeight="semibold">
-                  #{span.attempt.attempt}
-                </Text>
-                <StatusBadge status={span.attempt.status} />
-              </HStack>
-              <Lane span={span} previousEnd={index === 0 ? null : (spans[index - 1]?.end ?? null)} at={at} />
-            </Grid>
-          ))}
-          <Grid templateColumns="8rem 1fr" gap={3}>
-            <Box />
-            <HStack justify="space-between" pr={`${100 - TRACK_PCT}%`}>
-              <Text fontSize="xs" color="fg.muted">
-                {epochTime(t0)}
+    <SectionCard title="Timeline" testId="spot-timeline" size="sm">
+      <Stack gap={2}>
+        {spans.map((span, index) => (
+          <Grid key={span.attempt.attempt} templateColumns="8rem 1fr" gap={3} alignItems="center">
+            <HStack gap={2}>
+              <Text fontSize="sm" fontWeight="semibold">
+                #{span.attempt.attempt}
               </Text>
-              <Text fontSize="xs" color="fg.muted">
-                {live ? "now" : epochTime(t1)}
-              </Text>
+              <StatusBadge status={span.attempt.status} />
             </HStack>
+            <Lane span={span} previousEnd={index === 0 ? null : (spans[index - 1]?.end ?? null)} at={at} />
           </Grid>
-          <Legend />
-        </Stack>
-      </Card.Body>
-    </Card.Root>
+        ))}
+        <Grid templateColumns="8rem 1fr" gap={3}>
+          <Box />
+          <HStack justify="space-between" pr={`${100 - TRACK_PCT}%`}>
+            <Text fontSize="xs" color="fg.muted">
+              {epochTime(t0)}
+            </Text>
+            <Text fontSize="xs" color="fg.muted">
+              {live ? "now" : epochTime(t1)}
+            </Text>
+          </HStack>
+        </Grid>
+        <Legend />
+      </Stack>
+    </SectionCard>
   );
 }

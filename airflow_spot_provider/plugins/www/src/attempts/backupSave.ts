@@ -1,4 +1,4 @@
-import { bytes } from "../format";
+import { bytes, plural } from "../format";
 import type { BackupSave } from "../types";
 
 export type BackupOutcome = "uploaded" | "skipped" | "failed";
@@ -15,9 +15,7 @@ export function backupSummary(save: BackupSave): string {
       return `failed: ${save.error}`;
     case "skipped":
       return save.reason ? `skipped: ${save.reason}` : "skipped";
-    default: {
-      const files = `${save.uploaded.length} file${save.uploaded.length === 1 ? "" : "s"}`;
-      return `uploaded ${files} (${bytes(save.bytes)})${save.latest ? ` → ${save.latest}` : ""}`;
-    }
+    default:
+      return `uploaded ${plural(save.uploaded.length, "file")} (${bytes(save.bytes)})${save.latest ? ` → ${save.latest}` : ""}`;
   }
 }

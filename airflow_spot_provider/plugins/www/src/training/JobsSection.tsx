@@ -1,9 +1,10 @@
-import { Button, Card, HStack, Input, NativeSelect, Text } from "@chakra-ui/react";
+import { Button, HStack, Input, NativeSelect, Text } from "@chakra-ui/react";
 import { useState } from "react";
 
 import { apiUrl } from "../api";
 import { ErrorState } from "../components/ErrorState";
 import { Loading } from "../components/Loading";
+import { SectionCard } from "../components/SectionCard";
 import type { JobsResponse } from "../types";
 import { useApi } from "../useApi";
 import { JobsTable } from "./JobsTable";
@@ -35,74 +36,70 @@ export function JobsSection() {
   );
   const first = page * PAGE_SIZE;
 
+  const filterControls = (
+    <HStack gap={2}>
+      <Input
+        size="sm"
+        width="16rem"
+        placeholder="Filter by DAG id"
+        aria-label="DAG id"
+        value={dagInput}
+        onChange={(event) => {
+          setDagInput(event.target.value);
+          setPage(0);
+        }}
+        data-testid="spot-filter-dag"
+      />
+      <NativeSelect.Root size="sm" width="10rem">
+        <NativeSelect.Field
+          aria-label="State"
+          value={state}
+          onChange={(event) => {
+            setState(event.target.value as StateFilter);
+            setPage(0);
+          }}
+          data-testid="spot-filter-state"
+        >
+          <option value="">All states</option>
+          <option value="running">Running</option>
+          <option value="finished">Finished</option>
+        </NativeSelect.Field>
+        <NativeSelect.Indicator />
+      </NativeSelect.Root>
+    </HStack>
+  );
+
   return (
-    <Card.Root variant="outline" data-testid="spot-jobs">
-      <Card.Header>
-        <HStack justify="space-between" wrap="wrap" gap={3}>
-          <Card.Title>Jobs</Card.Title>
-          <HStack gap={2}>
-            <Input
-              size="sm"
-              width="16rem"
-              placeholder="Filter by DAG id"
-              aria-label="DAG id"
-              value={dagInput}
-              onChange={(event) => {
-                setDagInput(event.target.value);
-                setPage(0);
-              }}
-              data-testid="spot-filter-dag"
-            />
-            <NativeSelect.Root size="sm" width="10rem">
-              <NativeSelect.Field
-                aria-label="State"
-                value={state}
-                onChange={(event) => {
-                  setState(event.target.value as StateFilter);
-                  setPage(0);
-                }}
-                data-testid="spot-filter-state"
+    <SectionCard title="Jobs" testId="spot-jobs" actions={filterControls}>
+      {error === null ? null : <ErrorState error={error} />}
+      {loading && data === null ? <Loading what="jobs" /> : null}
+      {data === null ? null : data.jobs.length === 0 ? (
+        <Text color="fg.muted" data-testid="spot-jobs-empty">
+          No spot jobs match these filters.
+        </Text>
+      ) : (
+        <>
+          <JobsTable jobs={data.jobs} />
+          <HStack justify="space-between" mt={3}>
+            <Text fontSize="sm" color="fg.muted" data-testid="spot-jobs-count">
+              {`${first + 1}–${first + data.jobs.length} of ${data.total}`}
+            </Text>
+            <HStack gap={2}>
+              <Button size="xs" variant="outline" disabled={page === 0} onClick={() => setPage(page - 1)}>
+                Previous
+              </Button>
+              <Button
+                size="xs"
+                variant="outline"
+                disabled={first + data.jobs.length >= data.total}
+                onClick={() => setPage(page + 1)}
               >
-                <option value="">All states</option>
-                <option value="running">Running</option>
-                <option value="finished">Finished</option>
-              </NativeSelect.Field>
-              <NativeSelect.Indicator />
-            </NativeSelect.Root>
-          </HStack>
-        </HStack>
-      </Card.Header>
-      <Card.Body>
-        {error === null ? null : <ErrorState error={error} />}
-        {loading && data === null ? <Loading what="jobs" /> : null}
-        {data === null ? null : data.jobs.length === 0 ? (
-          <Text color="fg.muted" data-testid="spot-jobs-empty">
-            No spot jobs match these filters.
-          </Text>
-        ) : (
-          <>
-            <JobsTable jobs={data.jobs} />
-            <HStack justify="space-between" mt={3}>
-              <Text fontSize="sm" color="fg.muted" data-testid="spot-jobs-count">
-                {`${first + 1}–${first + data.jobs.length} of ${data.total}`}
-              </Text>
-              <HStack gap={2}>
-                <Button size="xs" variant="outline" disabled={page === 0} onClick={() => setPage(page - 1)}>
-                  Previous
-                </Button>
-                <Button
-                  size="xs"
-                  variant="outline"
-                  disabled={first + data.jobs.length >= data.total}
-                  onClick={() => setPage(page + 1)}
-                >
-                  Next
-                </Button>
-              </HStack>
+                Next
+              </Button>
             </HStack>
-          </>
-        )}
-      </Card.Body>
-    </Card.Root>
+          </HStack>
+        </>
+      )}
+    </SectionCard>
   );
 }

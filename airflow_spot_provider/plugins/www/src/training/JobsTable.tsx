@@ -1,8 +1,10 @@
-import { Box, Link, Table, Text } from "@chakra-ui/react";
+import { Link, Table, Text } from "@chakra-ui/react";
 import { Link as RouterLink } from "react-router-dom";
 
+import { DataTable } from "../components/DataTable";
 import { StatusBadge } from "../components/StatusBadge";
-import { isoTime, money, percent, progressText } from "../format";
+import { isoTime, money, percent } from "../format";
+import { progressDetail, progressText } from "../progress";
 import type { Job } from "../types";
 import { taskTabPath } from "./taskLink";
 
@@ -22,10 +24,11 @@ const COLUMNS = [
   "Updated",
 ];
 
+const jobKey = (job: Job) => `${job.dag_id}/${job.run_id}/${job.task_id}/${job.map_index}`;
+
 function JobRow({ job }: { job: Job }) {
-  const key = `${job.dag_id}/${job.run_id}/${job.task_id}/${job.map_index}`;
   return (
-    <Table.Row data-testid="spot-job-row" data-key={key} data-status={job.status}>
+    <Table.Row data-testid="spot-job-row" data-key={jobKey(job)} data-status={job.status}>
       <Table.Cell>{job.dag_id}</Table.Cell>
       <Table.Cell>
         <Text fontSize="xs" wordBreak="break-all">
@@ -54,7 +57,9 @@ function JobRow({ job }: { job: Job }) {
         {percent(job.savings_pct)}
       </Table.Cell>
       <Table.Cell>
-        <Text fontSize="xs">{progressText(job.progress)}</Text>
+        <Text fontSize="xs" title={progressDetail(job.progress)} data-testid="spot-job-progress">
+          {progressText(job.progress)}
+        </Text>
       </Table.Cell>
       <Table.Cell>
         <Text fontSize="xs">{isoTime(job.updated_at)}</Text>
@@ -65,21 +70,10 @@ function JobRow({ job }: { job: Job }) {
 
 export function JobsTable({ jobs }: { jobs: Job[] }) {
   return (
-    <Box overflowX="auto" borderWidth="1px" borderColor="border" borderRadius="md">
-      <Table.Root size="sm" data-testid="spot-jobs-table">
-        <Table.Header>
-          <Table.Row>
-            {COLUMNS.map((column) => (
-              <Table.ColumnHeader key={column}>{column}</Table.ColumnHeader>
-            ))}
-          </Table.Row>
-        </Table.Header>
-        <Table.Body>
-          {jobs.map((job) => (
-            <JobRow key={`${job.dag_id}/${job.run_id}/${job.task_id}/${job.map_index}`} job={job} />
-          ))}
-        </Table.Body>
-      </Table.Root>
-    </Box>
+    <DataTable columns={COLUMNS} testId="spot-jobs-table">
+      {jobs.map((job) => (
+        <JobRow key={jobKey(job)} job={job} />
+      ))}
+    </DataTable>
   );
 }

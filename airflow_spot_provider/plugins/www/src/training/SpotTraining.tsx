@@ -1,14 +1,12 @@
-import { Heading, Stack } from "@chakra-ui/react";
-
+import { Page } from "../components/Page";
 import { JobsSection } from "./JobsSection";
 import { StatsSection } from "./StatsSection";
 
 export function SpotTraining() {
   return (
-    <Stack gap={6} p={2} data-testid="spot-training">
-      <Heading size="lg">Spot training</Heading>
+    <Page title="Spot training" gap={6} data-testid="spot-training">
       <JobsSection />
       <StatsSection />
-    </Stack>
+    </Page>
   );
 }

@@ -1,4 +1,4 @@
-// Entry of the "SpotTraining" bundle: the nav page. The default export becomes globalThis.SpotTraining.
+// Entry of the training bundle: the nav page. The default export becomes globalThis["Spot training"].
 import { SpotTraining } from "./SpotTraining";
 
 export default SpotTraining;
