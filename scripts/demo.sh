@@ -18,4 +18,5 @@ python "$ROOT/scripts/demo_report.py" "$DEMO/dag-test.log"
 echo
 echo "Attempts on record (airflow-spot status --all):"
 airflow-spot status --all
+python "$ROOT/scripts/demo_ui_link.py" 2>/dev/null || true
 echo "Done in $(( $(date +%s) - start ))s. Full task log: $DEMO/dag-test.log"
