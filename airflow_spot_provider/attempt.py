@@ -208,7 +208,10 @@ def classify(facts: InstanceFacts, markers: Markers) -> Classification:
     if markers.agent_error:
         return Classification(AttemptStatus.FAILED, f"agent error: {markers.agent_error}", code)
     if markers.exited and code == 0:
-        return Classification(AttemptStatus.SUCCEEDED, "exit code 0", 0)
+        # After a notice, exit 0 may also be a script that stopped early and said nothing (Lightning's default on
+        # SIGTERM): the reason says so, since only the script can tell.
+        after = " after an interruption notice (a script that stops early must exit non-zero, e.g. 143)"
+        return Classification(AttemptStatus.SUCCEEDED, "exit code 0" + (after if markers.has(Marker.NOTICE) else ""), 0)
     over = facts.state.gone or markers.exited
     if facts.preempted and over:
         return Classification(AttemptStatus.PREEMPTED, facts.reason or "preempted", code)

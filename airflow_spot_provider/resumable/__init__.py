@@ -11,6 +11,9 @@ Environment contract (set on every backend):
 - ``SPOT_ATTEMPT``: attempt number, 1-based.
 - ``SPOT_NOTICE_FILE``: appears when an interruption notice arrives (SIGTERM is sent too).
 - ``SPOT_PROGRESS_FILE``: where :func:`report_progress` writes (shown in the ledger and task log).
+
+Training frameworks have their own modules, each imported on its own (this package imports none):
+``resumable.torch`` (a plain PyTorch loop), ``resumable.lightning`` and ``resumable.huggingface``.
 """
 
 from __future__ import annotations
