@@ -29,7 +29,7 @@ OTHER_VOCABULARIES = {
     ("agent/notice.py", "preempted"): "the notice source's action (GCE metadata 'preempted')",
     ("ledger.py", "lost"): "the totals' count of lost VMs (a field of the summary users read)",
     ("ledger.py", "progress"): "the job summary's field holding the current attempt's progress",
-    ("plugins/api.py", "running"): "the jobs filter's state parameter (running | finished)",
+    ("plugins/ledgers.py", "running"): "the jobs filter's state (JobState: running | finished)",
 }
 
 

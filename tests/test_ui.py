@@ -1,11 +1,12 @@
 """The UI plugin against real Airflow 3.3 processes (scheduler, dag-processor, triggerer, api-server on PostgreSQL).
 
 One job is preempted twice (with a notice, then without one: backup-save) and finishes; another runs until the
-module ends. The plugin's JSON API (``/spot/api/...``) must show exactly what the ledgers hold, authorise like
-Airflow's REST API (per DAG: ``spot_auth_manager`` denies one user one DAG) and refuse bad parameters by name.
-Then a browser (Playwright driving Chromium) opens the "Spot attempts" tab and the "Spot training" page, checks
-what they show and takes screenshots (``SPOT_UI_SCREENSHOTS=DIR`` keeps them there; ``docs/images`` holds the
-ones ``docs/ui.md`` shows, taken with ``SPOT_UI_SCREENSHOTS=docs/images``).
+module ends. The plugin's JSON API (``/spot/api/...``) must show exactly what the ledgers hold (and each attempt's
+own log, as the store keeps it), authorise like Airflow's REST API (per DAG: ``spot_auth_manager`` denies one user
+one DAG) and refuse bad parameters by name. Then a browser (Playwright driving Chromium) opens the "Spot attempts"
+tab and the "Spot training" page, checks what they show and takes screenshots (``SPOT_UI_SCREENSHOTS=DIR`` keeps
+them there; ``docs/images`` holds the ones ``docs/ui.md`` shows, taken with ``SPOT_UI_SCREENSHOTS=docs/images``).
+Last, a third job gets rehearsed preemptions: through the API, then through the tab's button.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .e2e import CKPT_PATTERN
 
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(900)]
 
-PREEMPTED, RUNNING = "spot_cluster_ui_preempted", "spot_cluster_ui_running"
+PREEMPTED, RUNNING, REHEARSED = "spot_cluster_ui_preempted", "spot_cluster_ui_running", "spot_cluster_ui_rehearsed"
 ADMIN, OUTSIDER = ("admin", "admin-secret"), ("outsider", "outsider-secret")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -78,6 +79,31 @@ def summary_status(cluster: AirflowCluster, dag_id: str, run_id: str) -> str | N
     return (cluster.state_store(dag_id, run_id).get("spot.summary") or {}).get("status")
 
 
+def store_dir(cluster: AirflowCluster, dag_id: str, run_id: str) -> Path:
+    """The job's checkpoint prefix (``file://`` in the cluster DAGs)."""
+    return cluster.root / "checkpoints" / dag_id / run_id.replace(":", "_")
+
+
+def attempt_dir(cluster: AirflowCluster, dag_id: str, run_id: str, attempt: int) -> Path:
+    """Where the store keeps one attempt's markers and its log."""
+    return store_dir(cluster, dag_id, run_id) / ".spot" / "attempts" / f"{attempt:04d}"
+
+
+def marker(cluster: AirflowCluster, dag_id: str, run_id: str, attempt: int, name: str) -> dict[str, Any] | None:
+    """One of the attempt's markers in the store (None: not there, or not all written yet)."""
+    try:
+        return json.loads((attempt_dir(cluster, dag_id, run_id, attempt) / f"{name}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def open_gate(cluster: AirflowCluster, run_id: str) -> None:
+    """Let a gated job's run end (``tests/cluster_dags/gated_job.py``)."""
+    gate = cluster.root / "gates" / run_id.replace(":", "_")
+    gate.parent.mkdir(exist_ok=True)
+    gate.touch()
+
+
 def steps(directory: Path) -> set[int]:
     pattern = compile_pattern(CKPT_PATTERN)
     names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
@@ -95,7 +121,7 @@ def preempt(cluster: AirflowCluster, run_id: str, number: int, notice: bool) -> 
     attempt = wait_for(running, 300, what=f"attempt {number} to run")
     cluster.wait_deferral_reported(PREEMPTED, run_id, count=number)
     disk = cluster.state_dir / "instances" / attempt["instance_id"] / "disk" / "checkpoints"
-    store = cluster.root / "checkpoints" / PREEMPTED / run_id.replace(":", "_")
+    store = store_dir(cluster, PREEMPTED, run_id)
     wait_for(lambda: max(steps(disk), default=-1) > max(steps(store), default=-1), 120,
              what=f"a new checkpoint on attempt {number}'s disk")
     done = cluster.run_cli(["preempt", f"{PREEMPTED}/{run_id}/train", *([] if notice else ["--no-notice"])])
@@ -115,9 +141,17 @@ def runs(cluster: AirflowCluster) -> Iterator[Runs]:
     TIMINGS["job preempted twice: trigger -> success"] = time.monotonic() - started
     wait_for(lambda: summary_status(cluster, RUNNING, live) == "running", 300, what="the gated job to run")
     yield Runs(done, live)
-    gate = cluster.root / "gates" / live.replace(":", "_")
-    gate.parent.mkdir(exist_ok=True)
-    gate.touch()
+    open_gate(cluster, live)
+
+
+@pytest.fixture(scope="module")
+def rehearsed(cluster: AirflowCluster, runs: Runs) -> Iterator[str]:
+    """A third gated job, running, for the rehearsals. Triggered by the first test that asks for it, the module's
+    last ones: until then the two jobs above are all there is (the jobs tests count them and their order)."""
+    run_id = cluster.trigger(REHEARSED)
+    wait_for(lambda: summary_status(cluster, REHEARSED, run_id) == "running", 300, what="the job to rehearse on to run")
+    yield run_id
+    open_gate(cluster, run_id)
 
 
 def user(cluster: AirflowCluster, login: tuple[str, str] | None) -> httpx.Client:
@@ -137,10 +171,22 @@ def outsider(cluster: AirflowCluster) -> Iterator[httpx.Client]:
         yield client
 
 
+def answer(client: httpx.Client, method: str, path: str, status: int, **params: Any) -> httpx.Response:
+    response = client.request(method, f"/spot/api/{path}", params=params)
+    assert response.status_code == status, f"{method} {path} {params}: {response.status_code} {response.text[:2000]}"
+    return response
+
+
 def get(client: httpx.Client, path: str, status: int = 200, **params: Any) -> dict[str, Any]:
-    response = client.get(f"/spot/api/{path}", params=params)
-    assert response.status_code == status, f"{path} {params}: {response.status_code} {response.text[:2000]}"
-    return response.json()
+    return answer(client, "GET", path, status, **params).json()
+
+
+def post(client: httpx.Client, path: str, status: int = 200, **params: Any) -> dict[str, Any]:
+    return answer(client, "POST", path, status, **params).json()
+
+
+def attempt_log(client: httpx.Client, dag_id: str, run_id: str, attempt: int, status: int = 200) -> str:
+    return answer(client, "GET", "log", status, **task(dag_id, run_id), attempt=attempt).text
 
 
 def task(dag_id: str, run_id: str) -> dict[str, Any]:
@@ -235,9 +281,9 @@ def forged_tokens(cluster: AirflowCluster) -> list[str]:
     return [f"{header}.{payload}.{signature}", jwt.encode(claims, "not-the-deployment-secret-" * 3, algorithm="HS512")]
 
 
-@pytest.mark.parametrize("path", ["attempts", "jobs", "stats"])
+@pytest.mark.parametrize("path", ["attempts", "jobs", "stats", "log"])
 def test_no_login_is_401_and_a_forged_token_is_refused(cluster, runs, path):
-    params = task(PREEMPTED, runs.preempted)
+    params = {**task(PREEMPTED, runs.preempted), "attempt": 1}
     with user(cluster, None) as anonymous:
         assert anonymous.get(f"/spot/api/{path}", params=params).status_code == 401
     for token in forged_tokens(cluster):
@@ -257,6 +303,8 @@ def test_user_without_access_to_the_dag(runs, outsider):
 @pytest.mark.parametrize(("path", "params", "name"), [
     ("attempts", {"map_index": "x"}, "map_index"),
     ("attempts", {"dag_id": None}, "dag_id"),  # left out
+    ("log", {"attempt": "x"}, "attempt"),
+    ("log", {}, "attempt"),  # left out
     ("jobs", {"limit": "0"}, "limit"),
     ("jobs", {"offset": "-1"}, "offset"),
     ("jobs", {"state": "bogus"}, "state"),
@@ -264,14 +312,36 @@ def test_user_without_access_to_the_dag(runs, outsider):
     ("stats", {"since": "notatime"}, "since"),
 ])
 def test_bad_parameters_are_400_naming_the_parameter(runs, admin, path, params, name):
-    query = {**task(PREEMPTED, runs.preempted), **params} if path == "attempts" else params
+    query = {**task(PREEMPTED, runs.preempted), **params} if path in ("attempts", "log") else params
     body = get(admin, path, 400, **{k: v for k, v in query.items() if v is not None})
     assert body["detail"].startswith(f"{name}:"), body
+
+
+def test_attempt_log_is_the_stores_copy_of_the_jobs_output_and_the_agents_lines(cluster, runs, admin):
+    text = attempt_log(admin, PREEMPTED, runs.preempted, 1)
+    assert text == (attempt_dir(cluster, PREEMPTED, runs.preempted, 1) / "log").read_text()
+    assert "starting fresh (attempt 1)" in text and "epoch 1/" in text  # the job's output
+    assert "[agent] interruption notice" in text  # the agent's lines: attempt 1 got a notice
+    assert "[agent]" in attempt_log(admin, PREEMPTED, runs.preempted, 3)
+    assert "no attempt 9" in attempt_log(admin, PREEMPTED, runs.preempted, 9, status=404)
+
+
+def test_attempt_log_needs_read_access_to_the_dags_task_logs(runs, outsider):
+    assert "detail" in json.loads(attempt_log(outsider, PREEMPTED, runs.preempted, 1, status=403))
+
+    def copied() -> tuple[int, str] | None:  # the agent copies a running attempt's log on its sync rounds
+        response = outsider.get("/spot/api/log", params={**task(RUNNING, runs.running), "attempt": 1})
+        return None if response.status_code == 404 else (response.status_code, response.text)
+
+    status, text = wait_for(copied, 60, what="the running attempt's log in the store")
+    assert status == 200 and "[agent]" in text  # a DAG it may read
 
 
 # -- the pages ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    if os.environ.get("CI") and not CHROMIUM.exists():  # CI installs it: a skip there would hide the UI's tests
+        pytest.fail(f"no Chromium at {CHROMIUM} in CI")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright; "
                                    "it drives the system's Chromium: no browser download)")
     if not CHROMIUM.exists():
@@ -309,7 +379,7 @@ def job_row(page: Any, dag_id: str, run_id: str) -> Any:
 
 
 def screenshot(shown: Any, name: str) -> None:
-    """The page down to the end of the app's content, for docs/ui.md."""
+    """The page down to the end of ``shown``, for docs/ui.md."""
     box = shown.bounding_box()
     viewport = shown.page.viewport_size
     height = min(viewport["height"], box["y"] + box["height"] + 24)
@@ -364,4 +434,104 @@ def test_outsider_sees_neither_the_job_nor_its_attempts(cluster, runs, browser):
     page.goto(attempts_tab(cluster, PREEMPTED, runs.preempted))
     expect(page.get_by_test_id("spot-error")).to_have_attribute("data-http-status", "403")
     expect(page.get_by_test_id("spot-attempt-row")).to_have_count(0)
+    page.context.close()
+
+
+def test_attempt_log_opens_with_its_lines_wrapped(cluster, runs, browser):
+    page = logged_in_page(browser, cluster, ADMIN)
+    page.goto(attempts_tab(cluster, PREEMPTED, runs.preempted))
+    rows = page.get_by_test_id("spot-attempt-row")
+    expect(rows).to_have_count(3)
+    rows.nth(0).get_by_test_id("spot-attempt-log-button").click()
+    log = page.get_by_test_id("spot-attempt-log")
+    expect(log).to_contain_text("starting fresh (attempt 1)")
+    expect(log).to_contain_text("[agent] interruption notice")
+    # Lines wrap: the box never scrolls sideways, and it ends inside the page.
+    assert log.evaluate("box => box.scrollWidth <= box.clientWidth")
+    box = log.bounding_box()
+    assert box["x"] + box["width"] <= page.viewport_size["width"]
+    rows.nth(2).get_by_test_id("spot-attempt-log-button").click()  # another attempt's log replaces it
+    expect(page.get_by_test_id("spot-attempt-log-panel")).to_contain_text("Log of attempt #3")
+    expect(log).not_to_contain_text("starting fresh (attempt 1)")
+    rows.nth(2).get_by_test_id("spot-attempt-log-button").click()
+    expect(page.get_by_test_id("spot-attempt-log-panel")).to_have_count(0)
+    page.context.close()
+
+
+def test_rehearse_button_only_for_a_user_who_may_edit_a_live_job(cluster, runs, browser):
+    admin_page, viewer_page = logged_in_page(browser, cluster, ADMIN), logged_in_page(browser, cluster, OUTSIDER)
+    for page in (admin_page, viewer_page):
+        page.goto(attempts_tab(cluster, RUNNING, runs.running))
+        expect(page.get_by_test_id("spot-attempt-row")).to_have_count(1)
+        expect(page.get_by_test_id("spot-live")).to_be_visible()
+    expect(admin_page.get_by_test_id("spot-rehearse-button")).to_be_enabled()
+    expect(viewer_page.get_by_test_id("spot-rehearse-button")).to_have_count(0)  # a viewer may not edit the DAG
+    admin_page.goto(attempts_tab(cluster, PREEMPTED, runs.preempted))  # a finished job
+    expect(admin_page.get_by_test_id("spot-attempt-row")).to_have_count(3)
+    expect(admin_page.get_by_test_id("spot-rehearse-button")).to_have_count(0)
+    admin_page.context.close()
+    viewer_page.context.close()
+
+
+# -- rehearsals (last: they add a third job) -------------------------------------------------------------------
+def current_attempt(cluster: AirflowCluster, run_id: str, status: str) -> dict[str, Any] | None:
+    _, attempts = cluster.ledger(REHEARSED, run_id)
+    return attempts[-1] if attempts and attempts[-1]["status"] == status else None
+
+
+def test_rehearsal_preempts_the_running_attempt_and_the_job_goes_on_in_the_same_try(cluster, runs, rehearsed,
+                                                                                      admin, outsider):
+    job = task(REHEARSED, rehearsed)
+    assert (get(admin, "attempts", **job)["can_rehearse"], get(outsider, "attempts", **job)["can_rehearse"]) == (
+        True, False)
+    assert "detail" in post(outsider, "rehearse", 403, **job)  # may read the DAG, not edit it
+    assert "no running attempt" in post(admin, "rehearse", 409, **task(PREEMPTED, runs.preempted))["detail"]
+    assert post(admin, "rehearse", 400, **job, grace=-1)["detail"].startswith("grace:")
+    first = wait_for(lambda: current_attempt(cluster, rehearsed, "running"), 60, what="attempt 1 to run")
+    started = time.monotonic()
+    assert post(admin, "rehearse", **job) == {"attempt": 1, "instance_id": first["instance_id"], "grace": 30.0}
+    asked = marker(cluster, REHEARSED, rehearsed, 1, "rehearsal")
+    assert (asked["grace"], asked["by"]) == (30.0, ADMIN[0])
+
+    def relaunched() -> list[dict[str, Any]] | None:
+        _, attempts = cluster.ledger(REHEARSED, rehearsed)
+        return attempts if len(attempts) > 1 and attempts[1]["status"] in ("running", "succeeded") else None
+
+    preempted, second = wait_for(relaunched, 300, what="attempt 2 to run after the rehearsal")
+    TIMINGS["rehearsal: POST -> attempt 2 running"] = time.monotonic() - started
+    assert preempted["status"] == "preempted" and preempted["reason"].startswith("rehearsed preemption"), preempted
+    assert (preempted["try_number"], second["try_number"], cluster.try_number(REHEARSED, rehearsed)) == (1, 1, 1)
+    assert preempted["notice_at"] is not None, preempted
+    # The relaunch resumed from the checkpoint the rehearsed attempt synced (the ledger has it once attempt 2 ends).
+    restored = wait_for(lambda: (marker(cluster, REHEARSED, rehearsed, 2, "started") or {}).get("restored_from"), 60,
+                        what="attempt 2's agent to restore")
+    assert restored.startswith("ckpt-"), restored
+    assert [a["status"] for a in get(admin, "attempts", **job)["attempts"]] == ["preempted", second["status"]]
+
+
+def test_rehearse_button_asks_then_posts(cluster, rehearsed, browser):
+    running = wait_for(lambda: current_attempt(cluster, rehearsed, "running"), 300, what="an attempt to run")
+    number = running["attempt"]
+    page = logged_in_page(browser, cluster, ADMIN)
+    page.goto(attempts_tab(cluster, REHEARSED, rehearsed))
+    rows = page.get_by_test_id("spot-attempt-row")
+    expect(rows).to_have_count(number)
+    page.get_by_test_id("spot-rehearse-button").click()
+    dialog = page.get_by_test_id("spot-rehearse-dialog")
+    expect(dialog).to_contain_text(f"attempt #{number}")
+    expect(dialog).to_contain_text(running["instance_id"])
+    page.get_by_test_id("spot-rehearse-grace").fill("5")
+    expect(dialog).to_contain_text("not exited 5 s later")
+    screenshot(dialog, "ui-rehearse.png")
+    started = time.monotonic()
+    page.get_by_test_id("spot-rehearse-confirm").click()
+    expect(page.get_by_test_id("spot-rehearse-result")).to_have_attribute("data-attempt", str(number))
+    expect(dialog).to_be_hidden()
+    asked = marker(cluster, REHEARSED, rehearsed, number, "rehearsal")
+    assert (asked["grace"], asked["by"]) == (5.0, ADMIN[0])
+    # The tab refreshes while the job is live: the attempt shows as preempted, and the next one comes.
+    expect(rows.nth(number - 1)).to_have_attribute("data-status", "preempted")
+    expect(rows.nth(number - 1)).to_contain_text("rehearsed preemption")
+    expect(rows).to_have_count(number + 1)
+    TIMINGS["rehearsal in the tab: confirm -> next attempt shown"] = time.monotonic() - started
     page.context.close()

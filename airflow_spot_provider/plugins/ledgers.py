@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any
 
 from airflow_spot_provider.attempt import AttemptRecord, AttemptStatus
@@ -101,6 +102,13 @@ CLOCK_SKEW_SECONDS = 3600
 ACTIVE = tuple(status.value for status in AttemptStatus if status.active)
 
 
+class JobState(str, Enum):
+    """A job as the list of jobs filters it: its current attempt is active, or it is not."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
 def _json_text(session: Any, column: Any, name: str) -> Any:
     """SQL for the JSON text ``column``'s top-level field ``name``, as text: filtering and ordering in the database,
     not after reading every row. SQLite's CAST to JSON would make a number of it: it has json_extract instead."""
@@ -111,11 +119,11 @@ def _json_text(session: Any, column: Any, name: str) -> Any:
     return cast(column, JSON)[name].as_string()
 
 
-def read_jobs(session: Any, dag_ids: set[str], since: Any = None, state: str | None = None, limit: int = 50,
+def read_jobs(session: Any, dag_ids: set[str], since: Any = None, state: JobState | None = None, limit: int = 50,
               offset: int = 0) -> JobsPage:
     """One page of the spot jobs (one ``spot.summary`` row each) in ``dag_ids``: running first, then newest first.
 
-    ``state``: "running" or "finished". Filtered, counted, ordered and paged in SQL: the summaries of the other
+    ``state``: running or finished. Filtered, counted, ordered and paged in SQL: the summaries of the other
     jobs are never read. The running jobs on the page get their totals recomputed (the summary has them as of
     its last save, usually the attempt's launch).
     """
@@ -127,7 +135,7 @@ def read_jobs(session: Any, dag_ids: set[str], since: Any = None, state: str | N
     if since is not None:
         where.append(model.updated_at >= since)
     if state is not None:
-        where.append(running if state == "running" else ~running)
+        where.append(running if state is JobState.RUNNING else ~running)
     total = session.scalar(select(func.count()).select_from(model).where(*where))
     query = (select(model.dag_id, model.run_id, model.task_id, model.map_index, model.value, model.updated_at)
              .where(*where).order_by(case((running, 0), else_=1), model.updated_at.desc(), model.id.desc())

@@ -55,6 +55,8 @@ JOBS = (
     ClusterJob("spot_cluster_ui_preempted", epochs=40, operator={"sync_interval": 3600.0,
                                                                  "backend_options": {"notice_seconds": 3.0}}),
     ClusterJob("spot_cluster_ui_running", epochs=0, gated=True),
+    # The UI tests rehearse preemptions of it (the API, then the tab's button): no other test looks at it.
+    ClusterJob("spot_cluster_ui_rehearsed", epochs=0, gated=True),
 )
 
 

@@ -8,6 +8,7 @@ const STATUS_TEXT: Record<number, string> = {
   401: "Unauthorized",
   403: "Forbidden",
   404: "Not Found",
+  409: "Conflict",
   422: "Unprocessable Content",
   500: "Internal Server Error",
   502: "Bad Gateway",
@@ -26,6 +27,8 @@ export class ApiError extends Error {
     this.detail = detail;
   }
 }
+
+export const toError = (error: unknown): Error => (error instanceof Error ? error : new Error(String(error)));
 
 // The Airflow UI sets <base href> to its base URL; without one, the site root is the base.
 export function airflowBase(): string {
@@ -47,12 +50,28 @@ function detailOf(body: unknown): string | null {
   return typeof detail === "string" ? detail : JSON.stringify(detail);
 }
 
-export async function getJson<T>(url: string, signal: AbortSignal): Promise<T> {
-  const response = await fetch(url, { credentials: "include", headers: { Accept: "application/json" }, signal });
-  const body: unknown = await response.json().catch(() => null);
+// The response when it is a success, else an ApiError with the server's detail (every error body is JSON).
+async function request(url: string, init: RequestInit): Promise<Response> {
+  const response = await fetch(url, { credentials: "include", ...init });
   if (!response.ok) {
+    const body: unknown = await response.json().catch(() => null);
     const text = response.statusText || STATUS_TEXT[response.status] || "Error";
     throw new ApiError(response.status, text, detailOf(body));
   }
-  return body as T;
+  return response;
+}
+
+export async function getJson<T>(url: string, signal: AbortSignal): Promise<T> {
+  const response = await request(url, { headers: { Accept: "application/json" }, signal });
+  return (await response.json()) as T;
+}
+
+export async function getText(url: string, signal: AbortSignal): Promise<string> {
+  const response = await request(url, { headers: { Accept: "text/plain" }, signal });
+  return response.text();
+}
+
+export async function postJson<T>(url: string): Promise<T> {
+  const response = await request(url, { method: "POST", headers: { Accept: "application/json" } });
+  return (await response.json()) as T;
 }

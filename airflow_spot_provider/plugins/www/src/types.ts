@@ -2,6 +2,9 @@
 
 export type AttemptStatus = "launching" | "running" | "succeeded" | "failed" | "preempted" | "lost" | "cancelled";
 
+// An attempt that is still launching or running: the job is live.
+export const isActive = (status: AttemptStatus): boolean => status === "launching" || status === "running";
+
 export type Progress = { step?: number; epoch?: number; [key: string]: unknown };
 
 export type BackupSave = {
@@ -72,7 +75,12 @@ export type AttemptsResponse = {
   live: boolean;
   attempts: Attempt[];
   totals: AttemptTotals;
+  // The user may edit the DAG: what a rehearsed preemption asks for.
+  can_rehearse: boolean;
 };
+
+// POST /spot/api/rehearse: the rehearsal was posted for this attempt.
+export type RehearsalResponse = { attempt: number; instance_id: string | null; grace: number };
 
 export type Job = {
   dag_id: string;

@@ -1,21 +1,24 @@
 import { useEffect, useRef, useState } from "react";
 
-import { ApiError, getJson } from "./api";
+import { ApiError, getJson, toError } from "./api";
 
 export type ApiState<T> = { data: T | null; error: Error | null; loading: boolean };
 
 // Delay before the next refresh of the same URL, or null to stop refreshing.
 export type RefreshPolicy<T> = (data: T) => number | null;
 
-const toError = (error: unknown): Error => (error instanceof Error ? error : new Error(String(error)));
+// Reads one URL (JSON by default).
+export type Fetcher<T> = (url: string, signal: AbortSignal) => Promise<T>;
 
 // A failed refresh is retried unless the server said the request itself is wrong (4xx).
 const isTransient = (error: Error): boolean => !(error instanceof ApiError) || error.status >= 500;
 
-export function useApi<T>(url: string, refresh?: RefreshPolicy<T>): ApiState<T> {
+export function useApi<T>(url: string, refresh?: RefreshPolicy<T>, fetcher: Fetcher<T> = getJson): ApiState<T> {
   const [state, setState] = useState<ApiState<T>>({ data: null, error: null, loading: true });
   const refreshRef = useRef(refresh);
   refreshRef.current = refresh;
+  const fetcherRef = useRef(fetcher);
+  fetcherRef.current = fetcher;
 
   useEffect(() => {
     const controller = new AbortController();
@@ -25,7 +28,7 @@ export function useApi<T>(url: string, refresh?: RefreshPolicy<T>): ApiState<T> 
 
     const load = async (): Promise<void> => {
       try {
-        const data = await getJson<T>(url, controller.signal);
+        const data = await fetcherRef.current(url, controller.signal);
         setState({ data, error: null, loading: false });
         delay = refreshRef.current?.(data) ?? null;
       } catch (caught) {

@@ -1,4 +1,4 @@
-import { Badge, Code, Stack, Table, Text } from "@chakra-ui/react";
+import { Badge, Button, Code, Stack, Table, Text } from "@chakra-ui/react";
 
 import { DataTable } from "../components/DataTable";
 import { StatusBadge } from "../components/StatusBadge";
@@ -34,12 +34,24 @@ function ReasonCell({ attempt }: { attempt: Attempt }) {
   );
 }
 
-function AttemptRow({ attempt }: { attempt: Attempt }) {
+type LogToggle = { logShown: boolean; onLog: () => void };
+
+function AttemptRow({ attempt, logShown, onLog }: { attempt: Attempt } & LogToggle) {
   return (
     <Table.Row data-testid="spot-attempt-row" data-attempt={attempt.attempt} data-status={attempt.status}>
       <Table.Cell>
         <Text fontWeight="semibold">#{attempt.attempt}</Text>
         <Small>{`try ${attempt.try_number} · ${attempt.backend}`}</Small>
+        <Button
+          size="2xs"
+          mt={1}
+          variant={logShown ? "solid" : "outline"}
+          aria-pressed={logShown}
+          onClick={onLog}
+          data-testid="spot-attempt-log-button"
+        >
+          Log
+        </Button>
       </Table.Cell>
       <Table.Cell data-testid="spot-attempt-status">
         <StatusBadge status={attempt.status} />
@@ -100,11 +112,19 @@ const COLUMNS = [
   "Backup save",
 ];
 
-export function AttemptsTable({ attempts }: { attempts: Attempt[] }) {
+type AttemptsTableProps = { attempts: Attempt[]; logOf: number | null; onLog: (attempt: number) => void };
+
+// `logOf`: the attempt whose log is open (each row's Log button opens its own, or closes it).
+export function AttemptsTable({ attempts, logOf, onLog }: AttemptsTableProps) {
   return (
     <DataTable columns={COLUMNS} testId="spot-attempts-table">
       {attempts.map((attempt) => (
-        <AttemptRow key={attempt.attempt} attempt={attempt} />
+        <AttemptRow
+          key={attempt.attempt}
+          attempt={attempt}
+          logShown={logOf === attempt.attempt}
+          onLog={() => onLog(attempt.attempt)}
+        />
       ))}
     </DataTable>
   );

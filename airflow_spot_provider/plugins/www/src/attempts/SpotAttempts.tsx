@@ -1,4 +1,5 @@
-import { Badge, Text } from "@chakra-ui/react";
+import { Badge, HStack, Text } from "@chakra-ui/react";
+import { useState } from "react";
 
 import { apiUrl } from "../api";
 import { ErrorState } from "../components/ErrorState";
@@ -6,7 +7,9 @@ import { Loading } from "../components/Loading";
 import { Page } from "../components/Page";
 import type { AttemptsResponse } from "../types";
 import { useApi } from "../useApi";
+import { AttemptLog } from "./AttemptLog";
 import { AttemptsTable } from "./AttemptsTable";
+import { RehearsalResult, RehearseButton, useRehearsal } from "./Rehearsal";
 import { Timeline } from "./Timeline";
 import { TotalsCard } from "./TotalsCard";
 
@@ -27,17 +30,29 @@ function mapIndexOf(prop: string | undefined): number {
 const ERROR_HINTS: Record<number, string> = { 404: "This task instance has no spot attempts." };
 
 function AttemptsView({ dagId, runId, taskId, mapIndex }: Required<Omit<PluginProps, "mapIndex">> & { mapIndex: number }) {
-  const url = apiUrl("attempts", { dag_id: dagId, run_id: runId, task_id: taskId, map_index: mapIndex });
-  const { data, error, loading } = useApi<AttemptsResponse>(url, (body) => (body.live ? LIVE_REFRESH_MS : null));
-  const live = data?.live ? (
-    <Badge colorPalette="blue" variant="surface" data-testid="spot-live">
-      live · refreshing every 5 s
-    </Badge>
+  const task = { dag_id: dagId, run_id: runId, task_id: taskId, map_index: mapIndex };
+  const { data, error, loading } = useApi<AttemptsResponse>(apiUrl("attempts", task), (body) =>
+    body.live ? LIVE_REFRESH_MS : null,
+  );
+  const [logOf, setLogOf] = useState<number | null>(null);
+  const rehearsal = useRehearsal(task);
+  const current = data?.attempts[data.attempts.length - 1];
+  const logAttempt = data?.attempts.find((attempt) => attempt.attempt === logOf);
+  const aside = data?.live ? (
+    <HStack gap={2}>
+      <Badge colorPalette="blue" variant="surface" data-testid="spot-live">
+        live · refreshing every 5 s
+      </Badge>
+      {data.can_rehearse && current !== undefined ? (
+        <RehearseButton attempt={current} pending={rehearsal.pending} onConfirm={rehearsal.rehearse} />
+      ) : null}
+    </HStack>
   ) : null;
 
   return (
-    <Page title={TITLE} titleSize="md" aside={live} data-testid="spot-attempts" data-live={data?.live ? "true" : "false"}>
+    <Page title={TITLE} titleSize="md" aside={aside} data-testid="spot-attempts" data-live={data?.live ? "true" : "false"}>
       {error === null ? null : <ErrorState error={error} hints={ERROR_HINTS} />}
+      <RehearsalResult outcome={rehearsal.outcome} onDismiss={rehearsal.dismiss} />
       {loading && data === null ? <Loading what="attempts" /> : null}
       {data === null ? null : (
         <>
@@ -49,7 +64,14 @@ function AttemptsView({ dagId, runId, taskId, mapIndex }: Required<Omit<PluginPr
           ) : (
             <>
               <Timeline attempts={data.attempts} />
-              <AttemptsTable attempts={data.attempts} />
+              <AttemptsTable
+                attempts={data.attempts}
+                logOf={logOf}
+                onLog={(attempt) => setLogOf(attempt === logOf ? null : attempt)}
+              />
+              {logAttempt === undefined ? null : (
+                <AttemptLog task={task} attempt={logAttempt} onClose={() => setLogOf(null)} />
+              )}
             </>
           )}
         </>

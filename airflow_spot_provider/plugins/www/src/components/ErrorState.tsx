@@ -7,14 +7,16 @@ const DEFAULT_HINTS: Record<number, string> = {
   403: "You do not have permission to read this DAG.",
 };
 
+type ErrorStateProps = { error: Error; hints?: Record<number, string>; testId?: string };
+
 // Shows the HTTP status (e.g. "404 Not Found") and the server's detail instead of an empty page.
-export function ErrorState({ error, hints = {} }: { error: Error; hints?: Record<number, string> }) {
+export function ErrorState({ error, hints = {}, testId = "spot-error" }: ErrorStateProps) {
   const status = error instanceof ApiError ? error.status : null;
   const title = error instanceof ApiError ? `${error.status} ${error.statusText}` : "Request failed";
   const hint = status === null ? undefined : (hints[status] ?? DEFAULT_HINTS[status]);
   const detail = error instanceof ApiError ? error.detail : error.message;
   return (
-    <Alert.Root status="error" data-testid="spot-error" data-http-status={status ?? undefined} my={2}>
+    <Alert.Root status="error" data-testid={testId} data-http-status={status ?? undefined} my={2}>
       <Alert.Indicator />
       <Alert.Content>
         <Alert.Title data-testid="spot-error-title">{title}</Alert.Title>

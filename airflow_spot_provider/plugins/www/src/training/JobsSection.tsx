@@ -5,7 +5,7 @@ import { apiUrl } from "../api";
 import { ErrorState } from "../components/ErrorState";
 import { Loading } from "../components/Loading";
 import { SectionCard } from "../components/SectionCard";
-import type { JobsResponse } from "../types";
+import { isActive, type JobsResponse } from "../types";
 import { useApi } from "../useApi";
 import { JobsTable } from "./JobsTable";
 import { useDebounced } from "./useDebounced";
@@ -32,7 +32,7 @@ export function JobsSection() {
 
   const url = apiUrl("jobs", { state, dag_id: dagId, limit: PAGE_SIZE, offset: page * PAGE_SIZE });
   const { data, error, loading } = useApi<JobsResponse>(url, (body) =>
-    body.jobs.some((job) => job.status === "running" || job.status === "launching") ? LIVE_REFRESH_MS : IDLE_REFRESH_MS,
+    body.jobs.some((job) => isActive(job.status)) ? LIVE_REFRESH_MS : IDLE_REFRESH_MS,
   );
   const first = page * PAGE_SIZE;
 
