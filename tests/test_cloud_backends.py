@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from airflow_spot_provider.attempt import InstanceFacts, InstanceState, Markers, classify
+from airflow_spot_provider.attempt import (
+    AttemptStatus,
+    InstanceFacts,
+    InstanceState,
+    Marker,
+    Markers,
+    classify,
+    rehearsal_marker,
+)
 from airflow_spot_provider.backends.base import BackupSaveRequest, JobIdentity, LaunchError, SpotBackend
 
 from .chaos import Chaos
@@ -240,6 +248,26 @@ def test_lost_instance_is_lost_not_preempted(cloud):
     be.terminate(facts.instance_id)
     be.release(facts.instance_id)
     assert cloud.leftovers(task("lost")) == []
+
+
+@EVERY_CLOUD
+def test_a_rehearsed_preemption_ends_the_attempt_as_preempted(cloud):
+    """The rehearsal marker in the store (what ``airflow-spot rehearse`` and the UI's button write): the agent on the
+    VM gives the job the notice, ends it after the grace and powers the VM off. A preemption, without a cloud call."""
+    be = cloud.backend()
+    req = cloud.request("rehearsed", SLEEPER)
+    facts = be.launch(req)
+    store = cloud.store(req.checkpoint_uri)
+    wait_for(lambda: Markers(store.read_markers(1)).has(Marker.STARTED), 60, what="the agent to start the job")
+    store.write_marker(1, Marker.REHEARSAL, rehearsal_marker(1.0, "a test"))
+    cloud.fake.wait_gone(facts.instance_id)
+    markers = Markers(store.read_markers(1))
+    assert markers.rehearsed and markers.exited
+    verdict = classify(describe(be, facts.instance_id)[facts.instance_id], markers)
+    assert verdict.status is AttemptStatus.PREEMPTED and verdict.reason.startswith("rehearsed preemption"), verdict
+    be.terminate(facts.instance_id)
+    be.release(facts.instance_id)
+    assert cloud.leftovers(task("rehearsed")) == []
 
 
 @CLOUDS
