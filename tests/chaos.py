@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from airflow_spot_provider.checkpoints.latest import checkpoint_step, compile_pattern
+from airflow_spot_provider.checkpoints.latest import checkpoint_step, compile_pattern, is_temporary_name
 
 from .e2e import CKPT_PATTERN
 
@@ -35,7 +35,9 @@ class Chaos(threading.Thread):
             names = os.listdir(self.checkpoints(instance_id))
         except FileNotFoundError:
             return False
-        return any((found := checkpoint_step(name, self.pattern)) is not None and found >= step for name in names)
+        # A checkpoint being written (a hidden or ``.tmp`` name) does not count: it may be only half on the disk.
+        return any((found := checkpoint_step(name, self.pattern)) is not None and found >= step
+                   for name in names if not is_temporary_name(name))
 
     def run(self) -> None:
         while not self.stop.is_set():

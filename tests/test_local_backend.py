@@ -189,6 +189,27 @@ def test_market_preempts_at_a_checkpoint_step_whatever_the_pace(tmp_path):
     backend.terminate(facts.instance_id)
 
 
+def test_a_checkpoint_still_being_written_does_not_reach_the_plans_step(tmp_path):
+    """A hidden or ``.tmp`` name with the step in it is a checkpoint only half on the disk: reclaiming the attempt
+    then would leave only the previous one to backup-save, so ``at_step`` waits for the real name."""
+    import json
+
+    from airflow_spot_provider.backends.local_market import Host, Preemption
+
+    instance = tmp_path / "i-local-0"
+    (instance / "disk" / "checkpoints").mkdir(parents=True)
+    (instance / "instance.json").write_text(json.dumps({}))
+    (instance / "agent.json").write_text(json.dumps({"checkpoint_pattern": r"(?P<step>\d+)(?!.*\d)"}))
+    host, plan = Host(instance), Preemption(0.0, at_step=200)
+    checkpoints = instance / "disk" / "checkpoints"
+    (checkpoints / "ckpt-00000150.pt").write_text("x")
+    (checkpoints / ".ckpt-00000200.pt.abcdefgh.tmp").write_text("half")
+    (checkpoints / "ckpt-00000200.pt.tmp").write_text("half")
+    assert not host._reached(plan, 0.0, 0.0)
+    (checkpoints / "ckpt-00000200.pt").write_text("x")
+    assert host._reached(plan, 0.0, 0.0)
+
+
 LAUNCHER = """\
 import sys
 from airflow_spot_provider.backends.base import JobIdentity, LaunchRequest

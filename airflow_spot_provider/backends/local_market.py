@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_spot_provider.attempt import InstanceState
-from airflow_spot_provider.checkpoints.latest import checkpoint_step, compile_pattern
+from airflow_spot_provider.checkpoints.latest import checkpoint_step, compile_pattern, is_temporary_name
 
 TERMINATED = InstanceState.TERMINATED.value
 
@@ -125,7 +125,9 @@ class Host:
             names = os.listdir(self.dir / "disk" / "checkpoints")
         except FileNotFoundError:
             return False
-        return any((step := checkpoint_step(name, pattern)) is not None and step >= plan.at_step for name in names)
+        # A checkpoint being written (a hidden or ``.tmp`` name) is not there yet: it may be only half on the disk.
+        return any((step := checkpoint_step(name, pattern)) is not None and step >= plan.at_step
+                   for name in names if not is_temporary_name(name))
 
     def run(self) -> None:
         disk = self.dir / "disk"
